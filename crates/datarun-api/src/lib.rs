@@ -1,0 +1,54 @@
+//! The HTTP API, on axum: the only crate that speaks HTTP. Every route names the roles
+//! it serves and checks the object too (a caseworker uses only their department's
+//! consents; a citizen sees only their own data). One error type decides status and body.
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+
+use axum::routing::{get, post};
+use axum::Router;
+use datarun_store::Store;
+use std::sync::Arc;
+
+/// Renders the Prometheus text exposition for `/metrics`.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub metrics: MetricsRenderer,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/whoami", get(routes::whoami))
+        .route(
+            "/v1/consents",
+            post(routes::grant_consent).get(routes::list_consents),
+        )
+        .route(
+            "/v1/consents/{consent_id}/revoke",
+            post(routes::revoke_consent),
+        )
+        .route("/v1/lookups", post(routes::lookup))
+        .route("/v1/audit/events", get(routes::audit_events))
+        .route("/v1/audit/verify", get(routes::audit_verify))
+        .route("/v1/me/access-log", get(routes::my_access_log))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,363 @@
+//! Route handlers. Each starts by authenticating and checking the role.
+
+use crate::{ApiError, ApiState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use datarun_domain::{
+    AuditEvent, Consent, DepartmentId, PurposeCode, RecordType, ResidentId, Role,
+};
+use datarun_store::{Actor, AuditFilter, ConsentGrant, LookupOutcome};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let unauthenticated = |message: &str| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                message.to_owned(),
+            )
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthenticated("the Authorization header must be Bearer <token>"))?;
+        let actor = state.store.authenticate(token.trim()).await?;
+        actor
+            .map(Caller)
+            .ok_or_else(|| unauthenticated("unknown or revoked token"))
+    }
+}
+
+fn require(caller: &Actor, role: Role) -> Result<(), ApiError> {
+    if caller.role == role {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "wrong_role",
+            format!(
+                "this endpoint is for the {} role; you are {}",
+                role.as_str(),
+                caller.role.as_str()
+            ),
+        ))
+    }
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload
+        .map(|Json(value)| value)
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
+    if state.store.ping().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+    }
+}
+
+pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        (state.metrics)(),
+    )
+}
+
+pub async fn whoami(Caller(caller): Caller) -> Json<Value> {
+    Json(json!({
+        "actor_id": caller.actor_id,
+        "role": caller.role,
+        "department": caller.department,
+        "display_name": caller.display_name,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    /// Whose data: the citizen themself or a minor child of theirs.
+    subject: ResidentId,
+    requester_department: DepartmentId,
+    #[serde(default)]
+    caseworker: Option<String>,
+    record_types: Vec<RecordType>,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+    purpose: PurposeCode,
+    /// Defaults to 1: a per-use consent.
+    #[serde(default)]
+    max_uses: Option<u32>,
+    /// Defaults to 24 hours.
+    #[serde(default)]
+    expires_in_hours: Option<u32>,
+}
+
+fn consent_json(consent: &Consent) -> Value {
+    json!({
+        "consent_id": consent.consent_id,
+        "requester_department": consent.requester_department,
+        "caseworker": consent.caseworker,
+        "record_types": consent.record_types,
+        "fields": consent.fields,
+        "purpose": consent.purpose,
+        "max_uses": consent.max_uses,
+        "uses": consent.uses,
+        "status": consent.status,
+        "expires_at_millis": consent.expires_at_millis,
+        "granted_at_millis": consent.granted_at_millis,
+        "granted_by_guardian": consent.granted_by != consent.subject,
+    })
+}
+
+pub async fn grant_consent(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    payload: Result<Json<GrantBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let grant = body(payload)?;
+    let hours = i64::from(grant.expires_in_hours.unwrap_or(24));
+    let consent = state
+        .store
+        .grant_consent(
+            &caller,
+            ConsentGrant {
+                subject: grant.subject,
+                requester_department: grant.requester_department,
+                caseworker: grant.caseworker,
+                record_types: grant.record_types,
+                fields: grant.fields,
+                purpose: grant.purpose,
+                max_uses: grant.max_uses.unwrap_or(1),
+                expires_at_millis: datarun_store::now_millis() + hours * 3_600_000,
+            },
+        )
+        .await?;
+    tracing::info!(actor = %caller.actor_id, consent_id = %consent.consent_id, "consent granted");
+    Ok((StatusCode::CREATED, Json(consent_json(&consent))))
+}
+
+pub async fn list_consents(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let resident = caller
+        .resident_id
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("citizen without ID"))?;
+    let consents = state.store.consents_of(resident).await?;
+    Ok(Json(
+        json!({ "consents": consents.iter().map(consent_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn revoke_consent(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(consent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let consent = state.store.revoke_consent(&caller, &consent_id).await?;
+    Ok(Json(consent_json(&consent)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupBody {
+    consent_id: String,
+    /// The subject's identifier as the caseworker has it (from the citizen or the form).
+    subject: String,
+    record_type: RecordType,
+}
+
+pub async fn lookup(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    payload: Result<Json<LookupBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Caseworker)?;
+    let request = body(payload)?;
+    let subject = ResidentId::parse(&request.subject)
+        .map_err(|error| ApiError::bad_request(format!("subject: {error}")))?;
+    match state
+        .store
+        .lookup(
+            &caller,
+            &request.consent_id,
+            subject.as_str(),
+            &request.record_type,
+        )
+        .await?
+    {
+        LookupOutcome::Allowed {
+            consent,
+            certificates,
+            audit_seq,
+        } => {
+            tracing::info!(actor = %caller.actor_id, consent_id = %consent.consent_id, audit_seq, released = certificates.len(), "lookup allowed");
+            Ok(Json(json!({
+                "audit_seq": audit_seq,
+                "consent": { "consent_id": consent.consent_id, "purpose": consent.purpose, "uses": consent.uses, "max_uses": consent.max_uses },
+                "certificates": certificates,
+            })))
+        }
+        LookupOutcome::Refused { refusal, audit_seq } => {
+            tracing::info!(actor = %caller.actor_id, code = refusal.code(), audit_seq, "lookup refused");
+            let mut error = ApiError::forbidden(refusal.code(), refusal.to_string());
+            error.audit_seq = Some(audit_seq);
+            Err(error)
+        }
+    }
+}
+
+fn event_json(event: &AuditEvent) -> Value {
+    let detail: Value = serde_json::from_str(&event.detail).unwrap_or(Value::Null);
+    json!({
+        "seq": event.seq,
+        "occurred_at_millis": event.occurred_at_millis,
+        "kind": event.kind,
+        "actor": event.actor,
+        "department": event.department,
+        "subject_ref": event.subject_ref,
+        "consent_id": event.consent_id,
+        "purpose": event.purpose,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "detail": detail,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// A resident ID number; the hub turns it into the pseudonym the log stores.
+    subject: Option<String>,
+    actor: Option<String>,
+    department: Option<String>,
+    consent_id: Option<String>,
+    purpose: Option<String>,
+    kind: Option<String>,
+    from_millis: Option<i64>,
+    to_millis: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn audit_events(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Auditor)?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let subject_ref = match &query.subject {
+        Some(subject) => Some(
+            state.store.pseudonym(
+                ResidentId::parse(subject)
+                    .map_err(|error| ApiError::bad_request(format!("subject: {error}")))?
+                    .as_str(),
+            ),
+        ),
+        None => None,
+    };
+    let filter = AuditFilter {
+        subject_ref,
+        actor: query.actor,
+        department: query.department,
+        consent_id: query.consent_id,
+        purpose: query.purpose,
+        kind: query.kind,
+        from_millis: query.from_millis,
+        to_millis: query.to_millis,
+        after_seq: query.after_seq,
+        limit: query.limit.unwrap_or(100),
+    };
+    let events = state.store.audit_events(&filter).await?;
+    Ok(Json(
+        json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn audit_verify(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Auditor)?;
+    Ok(Json(match state.store.verify_audit_chain().await? {
+        Ok(events) => json!({ "intact": true, "events": events }),
+        Err(chain_break) => json!({ "intact": false, "problem": chain_break.to_string() }),
+    }))
+}
+
+/// A citizen's access log: who looked at their data (and their minor children's,
+/// for whom a certificate names them guardian), when, why, and the outcome.
+pub async fn my_access_log(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let resident = caller
+        .resident_id
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("citizen without ID"))?;
+    let mut subjects = vec![(resident.as_str().to_owned(), "self")];
+    for ward in state.store.wards_of(resident.as_str()).await? {
+        subjects.push((ward, "child"));
+    }
+    let mut entries: Vec<(i64, Value)> = Vec::new();
+    for (subject, relation) in subjects {
+        let filter = AuditFilter {
+            subject_ref: Some(state.store.pseudonym(&subject)),
+            limit: 1000,
+            ..AuditFilter::default()
+        };
+        for e in state.store.audit_events(&filter).await? {
+            entries.push((
+                e.seq,
+                json!({
+                    "seq": e.seq,
+                    "about": relation,
+                    "occurred_at_millis": e.occurred_at_millis,
+                    "kind": e.kind,
+                    "actor": e.actor,
+                    "department": e.department,
+                    "purpose": e.purpose,
+                    "consent_id": e.consent_id,
+                    "outcome": e.outcome,
+                    "reason": e.reason,
+                }),
+            ));
+        }
+    }
+    entries.sort_by_key(|(seq, _)| *seq);
+    Ok(Json(
+        json!({ "entries": entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>() }),
+    ))
+}

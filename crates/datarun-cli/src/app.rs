@@ -1,0 +1,118 @@
+//! The application as a function of its configuration: `start` binds the HTTP listener
+//! (port 0 in tests), starts the ingest consumer and returns handles; `Running::stop`
+//! shuts both down cleanly. Tests build exactly what production runs.
+
+use crate::config::Config;
+use anyhow::Context;
+use datarun_api::ApiState;
+use datarun_ingest::{Ingest, IngestStats};
+use datarun_kafka::{DeadLetterPublisher, IngestConsumer};
+use datarun_store::Store;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub store: Store,
+    pub ingest_stats: Arc<IngestStats>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn shutdown_signal(
+    receiver: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut receiver = receiver.clone();
+    async move {
+        let _ = receiver.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Opens the store named by the configuration (migrating it).
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    if config.database_url().starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.hub.data_dir)
+            .with_context(|| format!("creating {}", config.hub.data_dir.display()))?;
+    }
+    Store::connect(&config.database_url(), config.pseudonym_key()?)
+        .await
+        .context("opening the database")
+}
+
+/// Starts ingest and the HTTP API on an already-open store.
+pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
+    let kafka = config.kafka_settings();
+    let mut topics: Vec<String> = config
+        .kafka
+        .record_types
+        .iter()
+        .map(|t| kafka.records_topic(t))
+        .collect();
+    topics.push(kafka.dead_letter_topic());
+    datarun_kafka::ensure_topics(&kafka, &topics, config.kafka.partitions)
+        .await
+        .context("creating the hub's topics")?;
+    let ingest = Ingest::new(store.clone(), DeadLetterPublisher::new(&kafka)?);
+    let ingest_stats = ingest.stats.clone();
+    let consumer = IngestConsumer::new(&kafka, &config.kafka.group_id, &config.kafka.record_types)?;
+    let (shutdown, receiver) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(
+        ingest.run(consumer, shutdown_signal(&receiver)),
+    ));
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let stats = ingest_stats.clone();
+    let metrics: datarun_api::MetricsRenderer = Arc::new(move || {
+        let mut text = String::from("# TYPE datarun_ingest_records_total counter\n");
+        for (outcome, counter) in [
+            ("stored", &stats.stored),
+            ("duplicate", &stats.duplicates),
+            ("rejected", &stats.rejected),
+        ] {
+            text.push_str(&format!(
+                "datarun_ingest_records_total{{outcome=\"{outcome}\"}} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        text.push_str("# TYPE datarun_ingest_retries_total counter\n");
+        text.push_str(&format!(
+            "datarun_ingest_retries_total {}\n",
+            stats.retries.load(Ordering::Relaxed)
+        ));
+        text
+    });
+    let state = ApiState {
+        store: store.clone(),
+        metrics,
+    };
+    let http_shutdown = shutdown_signal(&receiver);
+    tasks.push(tokio::spawn(async move {
+        if let Err(error) = datarun_api::serve(listener, state, http_shutdown).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    }));
+    tracing::info!(%http_addr, "hub started");
+    Ok(Running {
+        http_addr,
+        store,
+        ingest_stats,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops accepting work, lets in-flight work finish and commits consumed offsets.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

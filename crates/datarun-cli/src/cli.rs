@@ -1,0 +1,533 @@
+//! The subcommands. `run` takes the arguments and an output writer, so tests drive the
+//! CLI in-process and read what it prints.
+
+use crate::app;
+use crate::config::Config;
+use crate::setup;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use datarun_connector::{Connector, RunOptions};
+use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType, ResidentId, Role};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "datarun",
+    version,
+    about = "Cross-department data-sharing exchange hub"
+)]
+struct Cli {
+    /// Configuration file (default: config/datarun.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Overrides hub.data_dir.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Overrides database.url (sqlite://FILE or postgres://…).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Overrides http.listen.
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Overrides kafka.bootstrap_servers.
+    #[arg(long, global = true)]
+    bootstrap_servers: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start everything on this machine: a local broker, the store, the reference
+    /// departments, the health connector with sample data, ingest and the HTTP API.
+    Up {
+        /// Use kafka.bootstrap_servers instead of starting a local tansu broker.
+        #[arg(long)]
+        no_broker: bool,
+        /// How many sample birth certificates to generate on first start.
+        #[arg(long, default_value_t = 1000)]
+        sample_count: usize,
+    },
+    /// Run ingest and the HTTP API (production: broker and database are external).
+    Serve,
+    /// Create or upgrade the database schema.
+    Migrate,
+    #[command(subcommand)]
+    Department(DepartmentCommand),
+    #[command(subcommand)]
+    Key(KeyCommand),
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    #[command(subcommand)]
+    Purpose(PurposeCommand),
+    #[command(subcommand)]
+    Token(TokenCommand),
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
+    #[command(subcommand)]
+    Sample(SampleCommand),
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DepartmentCommand {
+    /// Register (or rename) a department.
+    Add {
+        department: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Allow a department to publish a record type.
+    Allow {
+        department: String,
+        record_type: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate an Ed25519 key pair; writes the private key (PKCS#8) and prints the public key in hex.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register a department's public key in the trust registry.
+    Register {
+        #[arg(long)]
+        department: String,
+        #[arg(long)]
+        key_id: String,
+        /// 32-byte Ed25519 public key, hex.
+        #[arg(long)]
+        public_key: String,
+        /// Validity start, Unix milliseconds (default: always).
+        #[arg(long, default_value_t = 0)]
+        not_before: i64,
+        /// Validity end, Unix milliseconds (default: none).
+        #[arg(long)]
+        not_after: Option<i64>,
+    },
+    /// Revoke a key now: records it signs from now on are rejected.
+    Revoke { key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Register schemas/<department>/<record>.v<N>.avsc.
+    Register { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum PurposeCommand {
+    /// Add a purpose code to the catalogue.
+    Add {
+        code: String,
+        #[arg(long)]
+        description: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an actor and print its bearer token (only shown once).
+    Issue {
+        #[arg(long)]
+        role: String,
+        /// For department systems and caseworkers.
+        #[arg(long)]
+        department: Option<String>,
+        /// For citizens: their resident ID number.
+        #[arg(long)]
+        resident_id: Option<String>,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorCommand {
+    /// Publish a connector's source rows that are not yet acknowledged.
+    Run {
+        folder: PathBuf,
+        /// The department's private key (default: <data_dir>/keys/<signing_key_id>.pk8).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Source file instead of the one in connector.toml.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Checkpoint folder (default: <data_dir>/connectors).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SampleCommand {
+    /// Write generated birth certificates in the health department's CSV format.
+    BirthCertificates {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit chain; exits 1 naming the first bad event.
+    Verify,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(data_dir) = &cli.data_dir {
+        config.hub.data_dir = data_dir.clone();
+    }
+    if let Some(url) = &cli.database_url {
+        config.database.url = url.clone();
+    }
+    if let Some(listen) = cli.listen {
+        config.http.listen = listen;
+    }
+    if let Some(servers) = &cli.bootstrap_servers {
+        config.kafka.bootstrap_servers = servers.clone();
+        config.broker.start_local = false;
+    }
+    Ok(config)
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { 2 } else { 0 };
+            write!(out, "{}", error.render())?;
+            return Ok(code);
+        }
+    };
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Up {
+            no_broker,
+            sample_count,
+        } => up(config, !no_broker, sample_count, out).await,
+        Command::Serve => {
+            let store = app::open_store(&config).await?;
+            let running = app::start(&config, store).await?;
+            writeln!(out, "datarun listening on http://{}", running.http_addr)?;
+            wait_for_ctrl_c().await;
+            running.stop().await;
+            Ok(0)
+        }
+        Command::Migrate => {
+            app::open_store(&config).await?;
+            writeln!(out, "database is up to date")?;
+            Ok(0)
+        }
+        Command::Department(command) => {
+            let store = app::open_store(&config).await?;
+            match command {
+                DepartmentCommand::Add { department, name } => {
+                    store
+                        .add_department(&DepartmentId::parse(&department)?, &name)
+                        .await?;
+                    writeln!(out, "department {department} registered")?;
+                }
+                DepartmentCommand::Allow {
+                    department,
+                    record_type,
+                } => {
+                    store
+                        .allow_publish(
+                            &DepartmentId::parse(&department)?,
+                            &RecordType::parse(&record_type)?,
+                        )
+                        .await?;
+                    writeln!(out, "{department} may publish {record_type}")?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Key(command) => {
+            match command {
+                KeyCommand::Generate { out: file } => {
+                    let public_key = setup::generate_key(&file)?;
+                    writeln!(out, "{}", hex::encode(public_key))?;
+                }
+                KeyCommand::Register {
+                    department,
+                    key_id,
+                    public_key,
+                    not_before,
+                    not_after,
+                } => {
+                    let store = app::open_store(&config).await?;
+                    let public_key =
+                        hex::decode(public_key.trim()).context("public key must be hex")?;
+                    store
+                        .add_signing_key(
+                            &DepartmentId::parse(&department)?,
+                            &KeyId::parse(&key_id)?,
+                            &public_key,
+                            not_before,
+                            not_after,
+                        )
+                        .await?;
+                    writeln!(out, "key {key_id} registered for {department}")?;
+                }
+                KeyCommand::Revoke { key_id } => {
+                    let store = app::open_store(&config).await?;
+                    store
+                        .revoke_signing_key(&KeyId::parse(&key_id)?, datarun_store::now_millis())
+                        .await?;
+                    writeln!(out, "key {key_id} revoked")?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Schema(SchemaCommand::Register { file }) => {
+            let store = app::open_store(&config).await?;
+            let (record_type, version) = setup::register_schema_file(&store, &file).await?;
+            writeln!(out, "{record_type} version {version} registered")?;
+            Ok(0)
+        }
+        Command::Purpose(PurposeCommand::Add { code, description }) => {
+            let store = app::open_store(&config).await?;
+            store
+                .add_purpose(&PurposeCode::parse(&code)?, &description)
+                .await?;
+            writeln!(out, "purpose {code} registered")?;
+            Ok(0)
+        }
+        Command::Token(TokenCommand::Issue {
+            role,
+            department,
+            resident_id,
+            name,
+        }) => {
+            let store = app::open_store(&config).await?;
+            let role = Role::parse(&role).with_context(|| {
+                format!(
+                    "role must be department, caseworker, citizen, auditor or operator, not {role}"
+                )
+            })?;
+            let department = department.as_deref().map(DepartmentId::parse).transpose()?;
+            let resident_id = resident_id.as_deref().map(ResidentId::parse).transpose()?;
+            let (actor, token) = store
+                .create_actor(role, department.as_ref(), resident_id.as_ref(), &name)
+                .await?;
+            eprintln!("issued a token for {} ({})", actor.actor_id, role.as_str());
+            writeln!(out, "{token}")?;
+            Ok(0)
+        }
+        Command::Connector(ConnectorCommand::Run {
+            folder,
+            signing_key,
+            source,
+            state_dir,
+        }) => {
+            let connector = Connector::load(&folder)?;
+            let options = RunOptions {
+                signing_key_file: signing_key.unwrap_or_else(|| {
+                    config
+                        .hub
+                        .data_dir
+                        .join("keys")
+                        .join(format!("{}.pk8", connector.config.signing_key_id))
+                }),
+                state_dir: state_dir.unwrap_or_else(|| config.hub.data_dir.join("connectors")),
+                source_override: source,
+                batch_size: 500,
+                progress: Some(print_progress),
+            };
+            let report = connector.run(&config.kafka_settings(), &options).await?;
+            writeln!(
+                out,
+                "connector {}: published {}, already done {}, rejected {}",
+                connector.name(),
+                report.published,
+                report.already_done,
+                report.rejected
+            )?;
+            Ok(0)
+        }
+        Command::Sample(SampleCommand::BirthCertificates {
+            count,
+            seed,
+            out: file,
+        }) => {
+            datarun_connector::sample::write_csv(
+                &file,
+                &datarun_connector::sample::birth_certificates(count, seed),
+            )?;
+            writeln!(
+                out,
+                "wrote {count} birth certificates to {}",
+                file.display()
+            )?;
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let store = app::open_store(&config).await?;
+            match store.verify_audit_chain().await? {
+                Ok(events) => {
+                    writeln!(out, "audit log intact: {events} events")?;
+                    Ok(0)
+                }
+                Err(chain_break) => {
+                    writeln!(out, "audit log BROKEN: {chain_break}")?;
+                    Ok(1)
+                }
+            }
+        }
+    }
+}
+
+fn print_progress(done: u64, total: u64) {
+    eprintln!("  connector: {done}/{total} rows acknowledged by the broker");
+}
+
+async fn wait_for_ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `datarun up`: everything on one machine, with sample data and a walkthrough.
+async fn up(
+    mut config: Config,
+    start_broker: bool,
+    sample_count: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let data_dir = config.hub.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let _broker = if start_broker && config.broker.start_local {
+        let broker =
+            datarun_kafka::broker::TansuBroker::start(&data_dir.join("kafka"), config.broker.port)
+                .context(
+                    "starting the local tansu broker (scripts/install-tansu.sh installs it)",
+                )?;
+        config.kafka.bootstrap_servers = broker.bootstrap_servers();
+        writeln!(
+            out,
+            "kafka: local tansu broker on {}",
+            broker.bootstrap_servers()
+        )?;
+        Some(broker)
+    } else {
+        None
+    };
+    let store = app::open_store(&config).await?;
+    let key_file = setup::reference_world(&store, &config.hub.schemas_dir, &data_dir).await?;
+    let sample_file = data_dir.join("sample").join("birth_certificates.csv");
+    if !sample_file.exists() {
+        let rows = datarun_connector::sample::birth_certificates(sample_count, 2026);
+        datarun_connector::sample::write_csv(&sample_file, &rows)?;
+    }
+    let running = app::start(&config, store.clone()).await?;
+    let connector = Connector::load(&config.hub.connectors_dir.join("health"))?;
+    let options = RunOptions {
+        signing_key_file: key_file,
+        state_dir: data_dir.join("connectors"),
+        source_override: Some(sample_file.clone()),
+        batch_size: 500,
+        progress: Some(print_progress),
+    };
+    let report = connector.run(&config.kafka_settings(), &options).await?;
+    writeln!(
+        out,
+        "health connector: published {}, already done {}",
+        report.published, report.already_done
+    )?;
+    let expected = (report.published + report.already_done) as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, certificates) = store.record_counts().await?;
+        if certificates >= expected || tokio::time::Instant::now() > deadline {
+            writeln!(out, "store: {certificates} birth certificates")?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    write_walkthrough(out, &config, running.http_addr, &sample_file)?;
+    out.flush()?;
+    wait_for_ctrl_c().await;
+    writeln!(out, "stopping…")?;
+    running.stop().await;
+    store.close().await;
+    Ok(0)
+}
+
+fn write_walkthrough(
+    out: &mut dyn Write,
+    config: &Config,
+    addr: std::net::SocketAddr,
+    sample: &Path,
+) -> anyhow::Result<()> {
+    let rows = csv_first_row(sample)?;
+    let (child, mother) = (&rows["baby_id_no"], &rows["mother_id_no"]);
+    let exe = std::env::current_exe().context("locating the datarun binary")?;
+    let exe = exe.display();
+    let data = config.hub.data_dir.display();
+    let url = format!("http://{addr}");
+    if child.is_empty() || mother.is_empty() {
+        bail!("sample file has no child or mother ID in its first row");
+    }
+    writeln!(
+        out,
+        r#"
+datarun is up: {url}   (health {url}/healthz, metrics {url}/metrics)
+Walkthrough — paste into another terminal, in this folder:
+
+D="{exe} --data-dir {data}"
+# 1. tokens: a mother (citizen), a public-security caseworker, an auditor
+MOTHER=$($D token issue --role citizen --resident-id {mother} --name "sample mother")
+CASEWORKER=$($D token issue --role caseworker --department public_security --name "counter 3")
+AUDITOR=$($D token issue --role auditor --name "auditor")
+# 2. the mother grants a one-use consent for her child's birth certificate
+CONSENT=$(curl -s -X POST {url}/v1/consents -H "Authorization: Bearer $MOTHER" -H 'content-type: application/json' \
+  -d '{{"subject":"{child}","requester_department":"public_security","record_types":["health.birth_certificate"],"purpose":"household_registration","max_uses":1}}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["consent_id"])')
+echo "consent: $CONSENT"
+# 3. the caseworker looks the certificate up under that consent (200, the certificate's fields)
+curl -s -X POST {url}/v1/lookups -H "Authorization: Bearer $CASEWORKER" -H 'content-type: application/json' \
+  -d "{{\"consent_id\":\"$CONSENT\",\"subject\":\"{child}\",\"record_type\":\"health.birth_certificate\"}}"; echo
+# 4. a second lookup with the same consent is refused (403, consent_used_up)
+curl -s -X POST {url}/v1/lookups -H "Authorization: Bearer $CASEWORKER" -H 'content-type: application/json' \
+  -d "{{\"consent_id\":\"$CONSENT\",\"subject\":\"{child}\",\"record_type\":\"health.birth_certificate\"}}"; echo
+# 5. the audit trail for the child, and the chain check
+curl -s "{url}/v1/audit/events?subject={child}" -H "Authorization: Bearer $AUDITOR"; echo
+curl -s {url}/v1/me/access-log -H "Authorization: Bearer $MOTHER"; echo
+$D audit verify
+
+Stop with Ctrl-C; running the same command again keeps everything stored."#
+    )?;
+    Ok(())
+}
+
+fn csv_first_row(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .context("empty sample file")?
+        .split(',')
+        .collect();
+    let first: Vec<&str> = lines
+        .next()
+        .context("sample file has no rows")?
+        .split(',')
+        .collect();
+    Ok(header
+        .into_iter()
+        .zip(first)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}

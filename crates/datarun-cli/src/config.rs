@@ -1,0 +1,212 @@
+//! Typed, layered configuration: defaults < config file < environment
+//! (`DATARUN__SECTION__KEY`) < command-line flags. Unknown keys are an error.
+//! Secrets (the pseudonym key) come from a file under the data directory or the
+//! environment, never from committed configuration.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub hub: HubConfig,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub broker: BrokerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Where the embedded database, keys, the local broker's log and connector state live.
+    pub data_dir: PathBuf,
+    /// The `schemas/` folder registered by `datarun up`.
+    pub schemas_dir: PathBuf,
+    /// The `connectors/` folder.
+    pub connectors_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE` or `postgres://…`; empty means `sqlite://<data_dir>/datarun.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub topic_prefix: String,
+    pub group_id: String,
+    pub partitions: i32,
+    /// Record types the broker consumes.
+    pub record_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `datarun up` starts a local tansu broker on `port` when true.
+    pub start_local: bool,
+    pub port: u16,
+}
+
+const DEFAULTS: &str = r#"
+[hub]
+data_dir = "data"
+schemas_dir = "schemas"
+connectors_dir = "connectors"
+
+[database]
+url = ""
+
+[http]
+listen = "127.0.0.1:8080"
+
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+topic_prefix = "datarun."
+group_id = "datarun-ingest"
+partitions = 3
+record_types = ["health.birth_certificate"]
+
+[broker]
+start_local = true
+port = 19092
+"#;
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses an environment value as a TOML value when it is one (numbers, booleans,
+/// arrays), else as a string.
+fn env_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `config/datarun.toml` when it exists), then the environment.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
+        let default_file = Path::new("config/datarun.toml");
+        let file = file.or_else(|| default_file.exists().then_some(default_file));
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let overlay: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+            merge(&mut table, overlay);
+        }
+        for (name, value) in environment {
+            let Some(path) = name.strip_prefix("DATARUN__") else {
+                continue;
+            };
+            let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            let [section, key] = &parts[..] else {
+                bail!("environment variable {name} must be DATARUN__SECTION__KEY");
+            };
+            let mut overlay = toml::Table::new();
+            let mut inner = toml::Table::new();
+            inner.insert(key.clone(), env_value(&value));
+            overlay.insert(section.clone(), toml::Value::Table(inner));
+            merge(&mut table, overlay);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        Ok(config)
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.hub.data_dir.join("datarun.db").display()
+            )
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn kafka_settings(&self) -> datarun_kafka::KafkaSettings {
+        datarun_kafka::KafkaSettings::new(&self.kafka.bootstrap_servers, &self.kafka.topic_prefix)
+    }
+
+    /// The key for pseudonyms of personal identifiers: `$DATARUN_PSEUDONYM_KEY` (hex), or
+    /// `<data_dir>/secrets/pseudonym.key`, created with 32 random bytes on first use.
+    pub fn pseudonym_key(&self) -> anyhow::Result<Vec<u8>> {
+        if let Ok(text) = std::env::var("DATARUN_PSEUDONYM_KEY") {
+            let key = hex::decode(text.trim()).context("DATARUN_PSEUDONYM_KEY must be hex")?;
+            if key.len() < 16 {
+                bail!("DATARUN_PSEUDONYM_KEY must be at least 16 bytes");
+            }
+            return Ok(key);
+        }
+        let path = self.hub.data_dir.join("secrets").join("pseudonym.key");
+        if let Ok(key) = std::fs::read(&path) {
+            return Ok(key);
+        }
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+            .context("creating the secrets folder")?;
+        let mut key = vec![0u8; 32];
+        datarun_store::fill_random(&mut key);
+        std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("datarun-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("datarun.toml");
+        std::fs::write(
+            &file,
+            "[http]\nlisten = \"0.0.0.0:9000\"\n[kafka]\npartitions = 6\n",
+        )
+        .unwrap();
+        let environment = vec![("DATARUN__KAFKA__PARTITIONS".to_owned(), "12".to_owned())];
+        let config = Config::load(Some(&file), environment.into_iter()).unwrap();
+        assert_eq!(config.http.listen.port(), 9000);
+        assert_eq!(config.kafka.partitions, 12);
+        assert_eq!(config.kafka.topic_prefix, "datarun.");
+        assert!(config.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let environment = vec![("DATARUN__HTTP__LISTNE".to_owned(), "x".to_owned())];
+        let error = Config::load(None, environment.into_iter()).unwrap_err();
+        assert!(format!("{error:#}").contains("listne"), "{error:#}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The `datarun` binary's library half: configuration, application assembly and the
+//! subcommands, so the end-to-end tests drive the same code the binary runs.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod setup;

@@ -1,0 +1,155 @@
+//! Registering the reference world: departments, keys, permissions, schemas, purposes.
+//! `datarun up` runs it on every start; every step is idempotent.
+
+use anyhow::Context;
+use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
+use datarun_store::Store;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use std::path::{Path, PathBuf};
+
+/// The departments of the reference world: (id, display name).
+pub const DEPARTMENTS: [(&str, &str); 7] = [
+    ("public_security", "广东省公安厅 Public Security"),
+    ("civil_affairs", "广东省民政厅 Civil Affairs"),
+    ("health", "广东省卫生健康委员会 Health"),
+    (
+        "human_resources",
+        "广东省人力资源和社会保障厅 Human Resources and Social Security",
+    ),
+    (
+        "market_regulation",
+        "广东省市场监督管理局 Market Regulation",
+    ),
+    ("tax", "国家税务总局广东省税务局 Tax"),
+    ("education", "广东省教育厅 Education"),
+];
+
+/// The purpose catalogue: (code, description).
+pub const PURPOSES: [(&str, &str); 4] = [
+    (
+        "household_registration",
+        "新生儿户口登记 — registering a newborn in the household register",
+    ),
+    (
+        "social_insurance_enrolment",
+        "参保登记 — enrolling in social insurance",
+    ),
+    ("school_enrolment", "入学报名 — enrolling a child in school"),
+    (
+        "medical_insurance_enrolment",
+        "医保参保 — enrolling in medical insurance",
+    ),
+];
+
+/// Writes a new Ed25519 key (PKCS#8 DER) to `path` and returns its public key.
+pub fn generate_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let random = ring::rand::SystemRandom::new();
+    let document = Ed25519KeyPair::generate_pkcs8(&random)
+        .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, document.as_ref())
+        .with_context(|| format!("writing {}", path.display()))?;
+    public_key_of(path)
+}
+
+pub fn public_key_of(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
+    Ok(key_pair.public_key().as_ref().to_vec())
+}
+
+/// `schemas/<department>/<record>.v<N>.avsc` → (record type, version).
+pub fn schema_identity(path: &Path) -> anyhow::Result<(RecordType, u32)> {
+    let department = path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .context("schema file must sit in its department's folder")?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("schema file name")?;
+    let stem = name
+        .strip_suffix(".avsc")
+        .context("schema file must end in .avsc")?;
+    let (record, version) = stem
+        .rsplit_once(".v")
+        .context("schema file must be named <record>.v<N>.avsc")?;
+    let version: u32 = version.parse().context("schema version must be a number")?;
+    let record_type = RecordType::parse(&format!("{department}.{record}"))?;
+    Ok((record_type, version))
+}
+
+/// Registers one schema file after checking it parses with its annotations.
+pub async fn register_schema_file(store: &Store, path: &Path) -> anyhow::Result<(RecordType, u32)> {
+    let (record_type, version) = schema_identity(path)?;
+    let definition =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    datarun_schema::RecordSchema::parse(record_type.clone(), version, &definition)
+        .with_context(|| format!("{}", path.display()))?;
+    store
+        .register_schema(&record_type, version, &definition)
+        .await?;
+    Ok((record_type, version))
+}
+
+/// Every `.avsc` under `schemas_dir`.
+pub fn schema_files(schemas_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for department in std::fs::read_dir(schemas_dir)
+        .with_context(|| format!("reading {}", schemas_dir.display()))?
+    {
+        let department = department?.path();
+        if department.is_dir() {
+            for file in std::fs::read_dir(&department)? {
+                let file = file?.path();
+                if file.extension().is_some_and(|e| e == "avsc") {
+                    files.push(file);
+                }
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Registers departments, purposes and schemas, and the health department's key and
+/// right to publish birth certificates. Returns the health key's file.
+pub async fn reference_world(
+    store: &Store,
+    schemas_dir: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    for (id, name) in DEPARTMENTS {
+        store
+            .add_department(&DepartmentId::parse(id)?, name)
+            .await?;
+    }
+    for (code, description) in PURPOSES {
+        store
+            .add_purpose(&PurposeCode::parse(code)?, description)
+            .await?;
+    }
+    for file in schema_files(schemas_dir)? {
+        register_schema_file(store, &file).await?;
+    }
+    let health = DepartmentId::parse("health")?;
+    let key_id = KeyId::parse("health-2026")?;
+    let key_file = data_dir.join("keys").join("health-2026.pk8");
+    let public_key = if key_file.exists() {
+        public_key_of(&key_file)?
+    } else {
+        generate_key(&key_file)?
+    };
+    store
+        .add_signing_key(&health, &key_id, &public_key, 0, None)
+        .await?;
+    store
+        .allow_publish(&health, &RecordType::parse("health.birth_certificate")?)
+        .await?;
+    Ok(key_file)
+}

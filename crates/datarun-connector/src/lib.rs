@@ -1,0 +1,399 @@
+//! The connector runtime. A connector is a folder under `connectors/` holding a
+//! `connector.toml` (source, record type, field mapping, signing key id) and no code.
+//! The runtime reads source rows, maps them to the record type's Avro schema, signs each
+//! record with the department's key, publishes with an idempotent producer, and records
+//! how far the broker has acknowledged, so a rerun or a restart after a crash resumes
+//! there. Record ids and issue times come from the row, so a republished row is the very
+//! same record and the hub stores it once.
+
+pub mod config;
+pub mod sample;
+
+use config::ConnectorConfig;
+use datarun_domain::date::CivilDate;
+use datarun_domain::{DepartmentId, KeyId, RecordEnvelope, RecordId, RecordType, SignedRecord};
+use datarun_kafka::{KafkaSettings, RecordPublisher};
+use datarun_schema::RecordSchema;
+use ring::signature::Ed25519KeyPair;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("schema: {0}")]
+    Schema(#[from] datarun_schema::SchemaError),
+    #[error("signing key {path}: not an Ed25519 PKCS#8 key")]
+    Key { path: PathBuf },
+    #[error("source {path} line {line}: {message}")]
+    Source {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error(transparent)]
+    Kafka(#[from] datarun_kafka::KafkaError),
+}
+
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
+
+/// Where a connector reads its secrets and keeps its position.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The department's private key (PKCS#8 DER).
+    pub signing_key_file: PathBuf,
+    /// Where the checkpoint and the rejected-rows file live.
+    pub state_dir: PathBuf,
+    /// Overrides the source path in `connector.toml`.
+    pub source_override: Option<PathBuf>,
+    pub batch_size: usize,
+    /// Called after each acknowledged batch with (rows done, rows total).
+    pub progress: Option<fn(u64, u64)>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Rows the broker acknowledged in this run.
+    pub published: u64,
+    /// Rows skipped because an earlier run already had them acknowledged.
+    pub already_done: u64,
+    /// Rows that could not be mapped (written to the rejected-rows file).
+    pub rejected: u64,
+}
+
+/// A connector folder, loaded and checked.
+#[derive(Debug)]
+pub struct Connector {
+    pub folder: PathBuf,
+    pub config: ConnectorConfig,
+    pub schema: RecordSchema,
+    department: DepartmentId,
+    record_type: RecordType,
+    signing_key_id: KeyId,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ConnectorError + '_ {
+    move |source| ConnectorError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS` in China Standard Time (UTC+8) to Unix milliseconds.
+pub fn parse_cst_timestamp(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once(' ')?;
+    let date = CivilDate::parse_iso(date)?;
+    let parts: Vec<u32> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [hour, minute, second] = parts[..] else {
+        return None;
+    };
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let seconds =
+        date.days_since_epoch() * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - 8 * 3600;
+    Some(seconds * 1000)
+}
+
+impl Connector {
+    pub fn load(folder: &Path) -> Result<Self> {
+        let config_path = folder.join("connector.toml");
+        let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+        let config: ConnectorConfig =
+            toml::from_str(&text).map_err(|e| ConnectorError::Config {
+                path: config_path.clone(),
+                message: e.to_string(),
+            })?;
+        let invalid = |message: String| ConnectorError::Config {
+            path: config_path.clone(),
+            message,
+        };
+        let department =
+            DepartmentId::parse(&config.department).map_err(|e| invalid(e.to_string()))?;
+        let record_type =
+            RecordType::parse(&config.record_type).map_err(|e| invalid(e.to_string()))?;
+        let signing_key_id =
+            KeyId::parse(&config.signing_key_id).map_err(|e| invalid(e.to_string()))?;
+        let schema_path = folder.join(&config.schema);
+        let definition = std::fs::read_to_string(&schema_path).map_err(io_error(&schema_path))?;
+        let schema = RecordSchema::parse(record_type.clone(), config.schema_version, &definition)?;
+        for field in schema.fields() {
+            if !config.mapping.fields.contains_key(&field.name) {
+                return Err(invalid(format!(
+                    "mapping has no source column for schema field {}",
+                    field.name
+                )));
+            }
+        }
+        Ok(Self {
+            folder: folder.to_owned(),
+            config,
+            schema,
+            department,
+            record_type,
+            signing_key_id,
+        })
+    }
+
+    /// The connector's name: its folder name.
+    pub fn name(&self) -> String {
+        self.folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "connector".into())
+    }
+
+    fn checkpoint_path(&self, state_dir: &Path) -> PathBuf {
+        state_dir.join(format!("{}.checkpoint.json", self.name()))
+    }
+
+    /// Rows already acknowledged by the broker, from the checkpoint.
+    pub fn acknowledged_rows(&self, state_dir: &Path) -> Result<u64> {
+        let path = self.checkpoint_path(state_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["rows_acknowledged"].as_u64())
+                .ok_or_else(|| ConnectorError::Config {
+                    path,
+                    message: "checkpoint is corrupt".into(),
+                }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(error) => Err(ConnectorError::Io {
+                path,
+                source: error,
+            }),
+        }
+    }
+
+    fn write_checkpoint(&self, state_dir: &Path, rows: u64) -> Result<()> {
+        let path = self.checkpoint_path(state_dir);
+        let temporary = path.with_extension("json.tmp");
+        let body =
+            serde_json::json!({ "rows_acknowledged": rows, "source": self.config.source.path })
+                .to_string();
+        std::fs::write(&temporary, body).map_err(io_error(&temporary))?;
+        // Rename is atomic: a crash leaves the old checkpoint or the new one, never half.
+        std::fs::rename(&temporary, &path).map_err(io_error(&path))
+    }
+
+    /// Maps one source row to a signed record.
+    pub fn sign_row(
+        &self,
+        row: &BTreeMap<String, String>,
+        key_pair: &Ed25519KeyPair,
+    ) -> Result<SignedRecord, String> {
+        let mapping = &self.config.mapping;
+        let mut mapped = BTreeMap::new();
+        for (field, column) in &mapping.fields {
+            let raw = row
+                .get(column)
+                .ok_or_else(|| format!("column {column} is missing"))?
+                .trim();
+            let value = mapping
+                .values
+                .get(field)
+                .and_then(|translation| translation.get(raw))
+                .map(String::as_str)
+                .unwrap_or(raw);
+            mapped.insert(field.clone(), value.to_owned());
+        }
+        let payload = self.schema.encode_row(&mapped).map_err(|e| e.to_string())?;
+        let issued_text = row
+            .get(&mapping.issued_at)
+            .ok_or_else(|| format!("column {} is missing", mapping.issued_at))?;
+        let issued_at_millis = parse_cst_timestamp(issued_text.trim())
+            .ok_or_else(|| format!("column {} must be YYYY-MM-DD HH:MM:SS", mapping.issued_at))?;
+        let subject_field = self
+            .schema
+            .fields()
+            .iter()
+            .find(|f| f.role == Some(datarun_schema::FieldRole::Subject))
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        let subject = mapped.get(&subject_field).cloned().unwrap_or_default();
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(self.record_type.as_str().as_bytes());
+        digest.update(&issued_at_millis.to_be_bytes());
+        digest.update(&payload);
+        let record_id = format!(
+            "{}-{}",
+            self.department,
+            hex::encode(&digest.finish().as_ref()[..16])
+        );
+        let envelope = RecordEnvelope {
+            record_id: RecordId::parse(&record_id).map_err(|e| e.to_string())?,
+            department: self.department.clone(),
+            record_type: self.record_type.clone(),
+            schema_version: self.config.schema_version,
+            subject,
+            issued_at_millis,
+            signing_key_id: self.signing_key_id.clone(),
+        };
+        Ok(envelope.sign(payload, key_pair))
+    }
+
+    /// Publishes every row not yet acknowledged, batch by batch, checkpointing after each.
+    pub async fn run(&self, kafka: &KafkaSettings, options: &RunOptions) -> Result<RunReport> {
+        let key_bytes = std::fs::read(&options.signing_key_file)
+            .map_err(io_error(&options.signing_key_file))?;
+        let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&key_bytes).map_err(|_| {
+            ConnectorError::Key {
+                path: options.signing_key_file.clone(),
+            }
+        })?;
+        std::fs::create_dir_all(&options.state_dir).map_err(io_error(&options.state_dir))?;
+        let source = options
+            .source_override
+            .clone()
+            .unwrap_or_else(|| self.folder.join(&self.config.source.path));
+        let rows = read_csv(&source)?;
+        let total = rows.len() as u64;
+        let done = self.acknowledged_rows(&options.state_dir)?.min(total);
+        let publisher = RecordPublisher::new(kafka)?;
+        let mut report = RunReport {
+            already_done: done,
+            ..RunReport::default()
+        };
+        let rejects_path = options
+            .state_dir
+            .join(format!("{}.rejected.csv", self.name()));
+        let mut acknowledged = done;
+        for batch in rows[done as usize..].chunks(options.batch_size.max(1)) {
+            let mut records = Vec::with_capacity(batch.len());
+            let mut rejects = Vec::new();
+            for (line, row) in batch {
+                match self.sign_row(row, &key_pair) {
+                    Ok(record) => records.push(record),
+                    Err(message) => {
+                        rejects.push(format!("{line},\"{}\"\n", message.replace('"', "'")))
+                    }
+                }
+            }
+            publisher.publish_all(&records).await?;
+            if !rejects.is_empty() {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&rejects_path)
+                    .map_err(io_error(&rejects_path))?;
+                for reject in &rejects {
+                    file.write_all(reject.as_bytes())
+                        .map_err(io_error(&rejects_path))?;
+                }
+                tracing::warn!(rows = rejects.len(), file = %rejects_path.display(), "source rows could not be mapped");
+            }
+            acknowledged += batch.len() as u64;
+            self.write_checkpoint(&options.state_dir, acknowledged)?;
+            report.published += records.len() as u64;
+            report.rejected += rejects.len() as u64;
+            if let Some(progress) = options.progress {
+                progress(acknowledged, total);
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Reads a CSV with a header row into (line number, column → value) rows.
+fn read_csv(path: &Path) -> Result<Vec<(u64, BTreeMap<String, String>)>> {
+    let mut reader = csv::Reader::from_path(path).map_err(|e| ConnectorError::Source {
+        path: path.to_owned(),
+        line: 0,
+        message: e.to_string(),
+    })?;
+    let headers = reader
+        .headers()
+        .map_err(|e| ConnectorError::Source {
+            path: path.to_owned(),
+            line: 1,
+            message: e.to_string(),
+        })?
+        .clone();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| ConnectorError::Source {
+            path: path.to_owned(),
+            line: e.position().map(|p| p.line()).unwrap_or(0),
+            message: e.to_string(),
+        })?;
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        rows.push((
+            line,
+            headers
+                .iter()
+                .zip(record.iter())
+                .map(|(h, v)| (h.to_owned(), v.to_owned()))
+                .collect(),
+        ));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cst_timestamps() {
+        assert_eq!(parse_cst_timestamp("1970-01-01 08:00:00"), Some(0));
+        assert_eq!(
+            parse_cst_timestamp("2026-01-01 08:00:00"),
+            Some(1_767_225_600_000)
+        );
+        assert_eq!(parse_cst_timestamp("2026-02-30 08:00:00"), None);
+        assert_eq!(parse_cst_timestamp("2026-01-01 24:00:00"), None);
+        assert_eq!(parse_cst_timestamp("2026-01-01"), None);
+    }
+
+    fn connector() -> Connector {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health");
+        Connector::load(&folder).unwrap()
+    }
+
+    #[test]
+    fn the_health_connector_maps_generated_rows_deterministically() {
+        let connector = connector();
+        let rows = sample::birth_certificates(5, 42);
+        let seed = [3u8; 32];
+        let key_pair = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+        use ring::signature::KeyPair;
+        for row in &rows {
+            let first = connector.sign_row(row, &key_pair).unwrap();
+            let second = connector.sign_row(row, &key_pair).unwrap();
+            assert_eq!(
+                first, second,
+                "signing a row twice must give the same record"
+            );
+            assert!(first.signature_is_valid(key_pair.public_key().as_ref()));
+            let today = CivilDate::new(2026, 11, 22).unwrap();
+            let valid = connector.schema.validate(&first.payload, today).unwrap();
+            assert_eq!(valid.subject, first.envelope.subject);
+            assert!(matches!(
+                valid.fields["child_sex"].as_str(),
+                Some("MALE" | "FEMALE")
+            ));
+        }
+    }
+
+    #[test]
+    fn unmappable_rows_say_which_field() {
+        let connector = connector();
+        let mut row = sample::birth_certificates(1, 1).remove(0);
+        row.insert("birth_date".into(), "2015-02-30".into());
+        let key_pair = Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();
+        let error = connector.sign_row(&row, &key_pair).unwrap_err();
+        assert!(error.contains("date_of_birth"), "{error}");
+    }
+}

@@ -1,0 +1,329 @@
+//! Consent as an artefact, and the decision whether a lookup may use it.
+//!
+//! The decision is pure; the store makes it atomic by deciding and counting the use
+//! inside one transaction.
+
+use crate::ids::{DepartmentId, PurposeCode, RecordType};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentStatus {
+    Active,
+    Revoked,
+}
+
+impl ConsentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// Who may see whose data, what, why, until when and how often.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Consent {
+    pub consent_id: String,
+    /// The person whose data is released.
+    pub subject: String,
+    /// The citizen who granted it: the subject, or a guardian of the subject.
+    pub granted_by: String,
+    pub requester_department: DepartmentId,
+    /// When set, only this caseworker of the department may use it.
+    pub caseworker: Option<String>,
+    pub record_types: Vec<RecordType>,
+    /// When set, only these payload fields are released.
+    pub fields: Option<Vec<String>>,
+    pub purpose: PurposeCode,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub status: ConsentStatus,
+    pub expires_at_millis: i64,
+    pub granted_at_millis: i64,
+}
+
+/// What a caseworker asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupRequest<'a> {
+    pub caseworker: &'a str,
+    pub department: &'a DepartmentId,
+    pub subject: &'a str,
+    pub record_type: &'a RecordType,
+    pub now_millis: i64,
+}
+
+/// Why a lookup was refused; `code` is stable and appears in audit events and API errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupRefusal {
+    #[error("no consent with that id was granted to your department")]
+    ConsentNotFound,
+    #[error("the consent was granted to department {granted_to}, not {asked_by}")]
+    OtherDepartment {
+        granted_to: String,
+        asked_by: String,
+    },
+    #[error("the consent names another caseworker of your department")]
+    OtherCaseworker,
+    #[error("the consent does not cover this subject")]
+    OtherSubject,
+    #[error("the consent does not cover record type {0}")]
+    RecordTypeNotCovered(String),
+    #[error("the consent is used up ({uses} of {max_uses} uses)")]
+    UsedUp { uses: u32, max_uses: u32 },
+    #[error("the consent was revoked")]
+    Revoked,
+    #[error("the consent expired")]
+    Expired,
+}
+
+impl LookupRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ConsentNotFound => "consent_not_found",
+            Self::OtherDepartment { .. } => "consent_other_department",
+            Self::OtherCaseworker => "consent_other_caseworker",
+            Self::OtherSubject => "consent_other_subject",
+            Self::RecordTypeNotCovered(_) => "consent_record_type_not_covered",
+            Self::UsedUp { .. } => "consent_used_up",
+            Self::Revoked => "consent_revoked",
+            Self::Expired => "consent_expired",
+        }
+    }
+}
+
+impl Consent {
+    /// Decides whether `request` may use this consent once more. Scope is checked
+    /// before state so that a stranger learns nothing about a consent's use count.
+    pub fn check_lookup(&self, request: &LookupRequest<'_>) -> Result<(), LookupRefusal> {
+        if &self.requester_department != request.department {
+            return Err(LookupRefusal::OtherDepartment {
+                granted_to: self.requester_department.to_string(),
+                asked_by: request.department.to_string(),
+            });
+        }
+        if self
+            .caseworker
+            .as_deref()
+            .is_some_and(|named| named != request.caseworker)
+        {
+            return Err(LookupRefusal::OtherCaseworker);
+        }
+        if self.subject != request.subject {
+            return Err(LookupRefusal::OtherSubject);
+        }
+        if !self.record_types.contains(request.record_type) {
+            return Err(LookupRefusal::RecordTypeNotCovered(
+                request.record_type.to_string(),
+            ));
+        }
+        if self.status == ConsentStatus::Revoked {
+            return Err(LookupRefusal::Revoked);
+        }
+        if request.now_millis >= self.expires_at_millis {
+            return Err(LookupRefusal::Expired);
+        }
+        if self.uses >= self.max_uses {
+            return Err(LookupRefusal::UsedUp {
+                uses: self.uses,
+                max_uses: self.max_uses,
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps only the fields this consent releases.
+    pub fn release_fields(
+        &self,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        match &self.fields {
+            None => fields,
+            Some(allowed) => fields
+                .into_iter()
+                .filter(|(name, _)| allowed.iter().any(|a| a == name))
+                .collect(),
+        }
+    }
+}
+
+/// The longest a consent may last: one year.
+pub const MAX_CONSENT_MILLIS: i64 = 366 * 24 * 3_600_000;
+/// The most uses one consent may allow.
+pub const MAX_CONSENT_USES: u32 = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consent() -> Consent {
+        Consent {
+            consent_id: "c1".into(),
+            subject: "440303201506303948".into(),
+            granted_by: "440104198503125841".into(),
+            requester_department: DepartmentId::parse("public_security").unwrap(),
+            caseworker: None,
+            record_types: vec![RecordType::parse("health.birth_certificate").unwrap()],
+            fields: None,
+            purpose: PurposeCode::parse("household_registration").unwrap(),
+            max_uses: 1,
+            uses: 0,
+            status: ConsentStatus::Active,
+            expires_at_millis: 2_000,
+            granted_at_millis: 0,
+        }
+    }
+
+    fn check(
+        consent: &Consent,
+        department: &str,
+        caseworker: &str,
+        subject: &str,
+        record_type: &str,
+        now: i64,
+        expected: Option<&str>,
+    ) {
+        let department = DepartmentId::parse(department).unwrap();
+        let record_type = RecordType::parse(record_type).unwrap();
+        let request = LookupRequest {
+            caseworker,
+            department: &department,
+            subject,
+            record_type: &record_type,
+            now_millis: now,
+        };
+        let got = consent.check_lookup(&request).err().map(|e| e.code());
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn lookup_decisions() {
+        let c = consent();
+        let subject = "440303201506303948";
+        check(
+            &c,
+            "public_security",
+            "cw1",
+            subject,
+            "health.birth_certificate",
+            1_000,
+            None,
+        );
+        check(
+            &c,
+            "tax",
+            "cw1",
+            subject,
+            "health.birth_certificate",
+            1_000,
+            Some("consent_other_department"),
+        );
+        check(
+            &c,
+            "public_security",
+            "cw1",
+            "440303201506306858",
+            "health.birth_certificate",
+            1_000,
+            Some("consent_other_subject"),
+        );
+        check(
+            &c,
+            "public_security",
+            "cw1",
+            subject,
+            "civil_affairs.marriage_certificate",
+            1_000,
+            Some("consent_record_type_not_covered"),
+        );
+        check(
+            &c,
+            "public_security",
+            "cw1",
+            subject,
+            "health.birth_certificate",
+            2_000,
+            Some("consent_expired"),
+        );
+        let used = Consent {
+            uses: 1,
+            ..consent()
+        };
+        check(
+            &used,
+            "public_security",
+            "cw1",
+            subject,
+            "health.birth_certificate",
+            1_000,
+            Some("consent_used_up"),
+        );
+        let revoked = Consent {
+            status: ConsentStatus::Revoked,
+            ..consent()
+        };
+        check(
+            &revoked,
+            "public_security",
+            "cw1",
+            subject,
+            "health.birth_certificate",
+            1_000,
+            Some("consent_revoked"),
+        );
+        let named = Consent {
+            caseworker: Some("cw2".into()),
+            ..consent()
+        };
+        check(
+            &named,
+            "public_security",
+            "cw1",
+            subject,
+            "health.birth_certificate",
+            1_000,
+            Some("consent_other_caseworker"),
+        );
+        check(
+            &named,
+            "public_security",
+            "cw2",
+            subject,
+            "health.birth_certificate",
+            1_000,
+            None,
+        );
+    }
+
+    #[test]
+    fn used_up_message_says_so() {
+        let refusal = LookupRefusal::UsedUp {
+            uses: 1,
+            max_uses: 1,
+        };
+        assert_eq!(refusal.to_string(), "the consent is used up (1 of 1 uses)");
+    }
+
+    #[test]
+    fn field_release_keeps_only_consented_fields() {
+        let mut fields = serde_json::Map::new();
+        fields.insert("child_name".into(), "A".into());
+        fields.insert("mother_id_number".into(), "B".into());
+        let limited = Consent {
+            fields: Some(vec!["child_name".into()]),
+            ..consent()
+        };
+        let released = limited.release_fields(fields.clone());
+        assert_eq!(released.keys().collect::<Vec<_>>(), vec!["child_name"]);
+        assert_eq!(consent().release_fields(fields).len(), 2);
+    }
+}

@@ -1,0 +1,21 @@
+//! The exchange's rules with no I/O: identifiers that check themselves, the signed
+//! record envelope and its canonical signing input, consent decisions, rejection
+//! reasons and audit-chain hashing. Nothing here knows Kafka, SQL, HTTP or Avro exist.
+
+pub mod audit;
+pub mod consent;
+pub mod date;
+pub mod envelope;
+pub mod ids;
+pub mod reason;
+pub mod token;
+
+pub use audit::{pseudonym, AuditEvent, AuditHash, ChainBreak, ChainVerifier};
+pub use consent::{Consent, ConsentStatus, LookupRefusal, LookupRequest};
+pub use envelope::{RecordEnvelope, SignedRecord};
+pub use ids::{
+    CertificateId, CreditCode, DepartmentId, IdError, KeyId, PurposeCode, RecordId, RecordType,
+    ResidentId,
+};
+pub use reason::{RejectReason, Rejection};
+pub use token::{Role, TokenHash};

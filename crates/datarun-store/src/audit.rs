@@ -1,0 +1,206 @@
+//! The audit chain in SQL: append inside the caller's transaction, query, verify.
+
+use crate::{integer, now_millis, optional_text, text, Result, Store};
+use datarun_domain::audit::{ChainBreak, ChainVerifier};
+use datarun_domain::AuditEvent;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+
+/// An event before it has a place in the chain.
+#[derive(Debug, Clone, Default)]
+pub struct NewAuditEvent {
+    pub kind: String,
+    pub actor: String,
+    pub department: Option<String>,
+    /// Already a pseudonym (keyed hash), never a raw identifier.
+    pub subject_ref: Option<String>,
+    pub consent_id: Option<String>,
+    pub purpose: Option<String>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// What an auditor may filter on; all present filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub subject_ref: Option<String>,
+    pub actor: Option<String>,
+    pub department: Option<String>,
+    pub consent_id: Option<String>,
+    pub purpose: Option<String>,
+    pub kind: Option<String>,
+    pub from_millis: Option<i64>,
+    pub to_millis: Option<i64>,
+    /// Only events with a larger sequence number (for paging).
+    pub after_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// Reserves the next place in the chain. Must be the first statement of its transaction.
+pub(crate) async fn reserve(tx: &mut Transaction<'static, Any>) -> Result<(i64, String)> {
+    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((integer(&row, "seq")?, text(&row, "hash")?))
+}
+
+/// Appends `event` at the place `reserve` returned.
+pub(crate) async fn append(
+    tx: &mut Transaction<'static, Any>,
+    place: (i64, String),
+    event: NewAuditEvent,
+) -> Result<AuditEvent> {
+    let (seq, prev_hash) = place;
+    let event = AuditEvent {
+        seq,
+        occurred_at_millis: now_millis(),
+        kind: event.kind,
+        actor: event.actor,
+        department: event.department,
+        subject_ref: event.subject_ref,
+        consent_id: event.consent_id,
+        purpose: event.purpose,
+        outcome: event.outcome,
+        reason: event.reason,
+        detail: event.detail.to_string(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+    .chain_after(seq, &prev_hash);
+    sqlx::query(
+        "INSERT INTO audit_events (seq, occurred_at, kind, actor, department_id, subject_ref, consent_id,
+             purpose_code, outcome, reason, detail_json, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(event.seq)
+    .bind(event.occurred_at_millis)
+    .bind(&event.kind)
+    .bind(&event.actor)
+    .bind(&event.department)
+    .bind(&event.subject_ref)
+    .bind(&event.consent_id)
+    .bind(&event.purpose)
+    .bind(&event.outcome)
+    .bind(&event.reason)
+    .bind(&event.detail)
+    .bind(&event.prev_hash)
+    .bind(&event.hash)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&event.hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(event)
+}
+
+fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        seq: integer(row, "seq")?,
+        occurred_at_millis: integer(row, "occurred_at")?,
+        kind: text(row, "kind")?,
+        actor: text(row, "actor")?,
+        department: optional_text(row, "department_id")?,
+        subject_ref: optional_text(row, "subject_ref")?,
+        consent_id: optional_text(row, "consent_id")?,
+        purpose: optional_text(row, "purpose_code")?,
+        outcome: text(row, "outcome")?,
+        reason: optional_text(row, "reason")?,
+        detail: text(row, "detail_json")?,
+        prev_hash: text(row, "prev_hash")?,
+        hash: text(row, "hash")?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, occurred_at, kind, actor, department_id, subject_ref, consent_id, purpose_code, outcome, reason, detail_json, prev_hash, hash";
+
+impl Store {
+    /// Appends one event in a transaction of its own.
+    pub async fn audit(&self, event: NewAuditEvent) -> Result<AuditEvent> {
+        let mut tx = self.pool.begin().await?;
+        let place = reserve(&mut tx).await?;
+        let event = append(&mut tx, place, event).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// Events matching `filter`, oldest first.
+    pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE 1 = 1");
+        let mut texts: Vec<&str> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        // Texts are bound first ($1..), then numbers, so placeholders are numbered in that order.
+        let text_filters = [
+            ("subject_ref", &filter.subject_ref),
+            ("actor", &filter.actor),
+            ("department_id", &filter.department),
+            ("consent_id", &filter.consent_id),
+            ("purpose_code", &filter.purpose),
+            ("kind", &filter.kind),
+        ];
+        for (column, value) in text_filters {
+            if let Some(value) = value {
+                texts.push(value);
+                sql.push_str(&format!(" AND {column} = ${}", texts.len()));
+            }
+        }
+        let number_filters = [
+            ("occurred_at >=", filter.from_millis),
+            ("occurred_at <", filter.to_millis),
+            ("seq >", filter.after_seq),
+        ];
+        for (condition, value) in number_filters {
+            if let Some(value) = value {
+                numbers.push(value);
+                sql.push_str(&format!(
+                    " AND {condition} ${}",
+                    texts.len() + numbers.len()
+                ));
+            }
+        }
+        numbers.push(filter.limit.clamp(1, 1000));
+        sql.push_str(&format!(
+            " ORDER BY seq LIMIT ${}",
+            texts.len() + numbers.len()
+        ));
+        let mut query = sqlx::query(&sql);
+        for value in texts {
+            query = query.bind(value);
+        }
+        for value in numbers {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Walks the whole chain in batches; returns the number of intact events or the first break.
+    pub async fn verify_audit_chain(&self) -> Result<Result<i64, ChainBreak>> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let (head_seq, head_hash) = (integer(&head, "seq")?, text(&head, "hash")?);
+        let mut verifier = ChainVerifier::default();
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 5000"
+            ))
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let event = event_from_row(row)?;
+                if let Err(chain_break) = verifier.check(&event) {
+                    return Ok(Err(chain_break));
+                }
+                after = event.seq;
+            }
+        }
+        Ok(verifier.finish(head_seq, &head_hash))
+    }
+}

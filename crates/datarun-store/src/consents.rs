@@ -1,0 +1,388 @@
+//! Consents and consented lookups. A lookup decides, counts the use, reads the
+//! certificates and appends its audit event in one transaction, so concurrent uses of
+//! a one-use consent cannot both succeed and no access goes unaudited.
+
+use crate::audit::{append, reserve, NewAuditEvent};
+use crate::{
+    integer, now_millis, optional_text, random_id, text, Actor, Result, Store, StoreError,
+};
+use datarun_domain::consent::{MAX_CONSENT_MILLIS, MAX_CONSENT_USES};
+use datarun_domain::date::CivilDate;
+use datarun_domain::{
+    Consent, ConsentStatus, DepartmentId, LookupRefusal, LookupRequest, PurposeCode, RecordType,
+    ResidentId,
+};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::any::AnyRow;
+
+/// A citizen's grant, as asked for.
+#[derive(Debug, Clone)]
+pub struct ConsentGrant {
+    pub subject: ResidentId,
+    pub requester_department: DepartmentId,
+    pub caseworker: Option<String>,
+    pub record_types: Vec<RecordType>,
+    pub fields: Option<Vec<String>>,
+    pub purpose: PurposeCode,
+    pub max_uses: u32,
+    pub expires_at_millis: i64,
+}
+
+/// One certificate as released to a requester.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleasedCertificate {
+    pub certificate_id: String,
+    pub record_id: String,
+    pub record_type: String,
+    pub issuing_department: String,
+    pub issued_at_millis: i64,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum LookupOutcome {
+    Allowed {
+        consent: Box<Consent>,
+        certificates: Vec<ReleasedCertificate>,
+        audit_seq: i64,
+    },
+    Refused {
+        refusal: LookupRefusal,
+        audit_seq: i64,
+    },
+}
+
+/// The age under which a guardian named on a certificate may consent for its subject.
+const AGE_OF_MAJORITY: i32 = 18;
+
+const CONSENT_COLUMNS: &str = "consent_id, subject_id, granted_by, requester_department, caseworker_id, record_types, fields_json, purpose_code, max_uses, uses, status, expires_at, granted_at";
+
+fn consent_from_row(row: &AnyRow) -> Result<Consent> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("consent {what}"));
+    let record_types = text(row, "record_types")?
+        .split(',')
+        .map(RecordType::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| corrupt("record types"))?;
+    let fields = optional_text(row, "fields_json")?
+        .map(|f| serde_json::from_str::<Vec<String>>(&f))
+        .transpose()
+        .map_err(|_| corrupt("fields"))?;
+    Ok(Consent {
+        consent_id: text(row, "consent_id")?,
+        subject: text(row, "subject_id")?,
+        granted_by: text(row, "granted_by")?,
+        requester_department: DepartmentId::parse(&text(row, "requester_department")?)
+            .map_err(|_| corrupt("department"))?,
+        caseworker: optional_text(row, "caseworker_id")?,
+        record_types,
+        fields,
+        purpose: PurposeCode::parse(&text(row, "purpose_code")?).map_err(|_| corrupt("purpose"))?,
+        max_uses: integer(row, "max_uses")? as u32,
+        uses: integer(row, "uses")? as u32,
+        status: ConsentStatus::parse(&text(row, "status")?).ok_or_else(|| corrupt("status"))?,
+        expires_at_millis: integer(row, "expires_at")?,
+        granted_at_millis: integer(row, "granted_at")?,
+    })
+}
+
+impl Store {
+    /// Grants a consent on behalf of `grantor` (a citizen): the subject themself, or a
+    /// guardian named on one of a minor subject's certificates.
+    pub async fn grant_consent(&self, grantor: &Actor, grant: ConsentGrant) -> Result<Consent> {
+        let grantor_id = grantor
+            .resident_id
+            .as_ref()
+            .ok_or_else(|| StoreError::Invalid("only a citizen grants consent".into()))?;
+        let now = now_millis();
+        if grant.record_types.is_empty() {
+            return Err(StoreError::Invalid(
+                "a consent must name at least one record type".into(),
+            ));
+        }
+        if grant.max_uses == 0 || grant.max_uses > MAX_CONSENT_USES {
+            return Err(StoreError::Invalid(format!(
+                "max_uses must be between 1 and {MAX_CONSENT_USES}"
+            )));
+        }
+        if grant.expires_at_millis <= now || grant.expires_at_millis > now + MAX_CONSENT_MILLIS {
+            return Err(StoreError::Invalid(
+                "a consent must expire in the future and within a year".into(),
+            ));
+        }
+        if !self.purpose_exists(&grant.purpose).await? {
+            return Err(StoreError::Invalid(format!(
+                "purpose {} is not in the purpose catalogue",
+                grant.purpose
+            )));
+        }
+        if !self.department_exists(&grant.requester_department).await? {
+            return Err(StoreError::Invalid(format!(
+                "department {} is not registered",
+                grant.requester_department
+            )));
+        }
+        if grant.subject != *grantor_id {
+            let today = CivilDate::from_unix_millis_cst(now);
+            let minor = grant.subject.birth_date().years_until(today) < AGE_OF_MAJORITY;
+            if !minor
+                || !self
+                    .is_guardian_of(grantor_id.as_str(), grant.subject.as_str())
+                    .await?
+            {
+                return Err(StoreError::Forbidden(
+                    "you may grant consent only for yourself or for a minor whose certificate names you as parent".into(),
+                ));
+            }
+        }
+        let consent = Consent {
+            consent_id: random_id("consent"),
+            subject: grant.subject.as_str().to_owned(),
+            granted_by: grantor_id.as_str().to_owned(),
+            requester_department: grant.requester_department,
+            caseworker: grant.caseworker,
+            record_types: grant.record_types,
+            fields: grant.fields,
+            purpose: grant.purpose,
+            max_uses: grant.max_uses,
+            uses: 0,
+            status: ConsentStatus::Active,
+            expires_at_millis: grant.expires_at_millis,
+            granted_at_millis: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        let place = reserve(&mut tx).await?;
+        sqlx::query(&format!(
+            "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(&consent.consent_id)
+        .bind(&consent.subject)
+        .bind(&consent.granted_by)
+        .bind(consent.requester_department.as_str())
+        .bind(&consent.caseworker)
+        .bind(consent.record_types.iter().map(RecordType::as_str).collect::<Vec<_>>().join(","))
+        .bind(consent.fields.as_ref().map(|f| json!(f).to_string()))
+        .bind(consent.purpose.as_str())
+        .bind(i64::from(consent.max_uses))
+        .bind(0i64)
+        .bind(consent.status.as_str())
+        .bind(consent.expires_at_millis)
+        .bind(consent.granted_at_millis)
+        .execute(&mut *tx)
+        .await?;
+        append(
+            &mut tx,
+            place,
+            NewAuditEvent {
+                kind: "consent_granted".into(),
+                actor: grantor.actor_id.clone(),
+                department: Some(consent.requester_department.to_string()),
+                subject_ref: Some(self.pseudonym(&consent.subject)),
+                consent_id: Some(consent.consent_id.clone()),
+                purpose: Some(consent.purpose.to_string()),
+                outcome: "recorded".into(),
+                reason: None,
+                detail: json!({
+                    "record_types": consent.record_types,
+                    "max_uses": consent.max_uses,
+                    "expires_at_millis": consent.expires_at_millis,
+                    "by_guardian": consent.granted_by != consent.subject,
+                }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(consent)
+    }
+
+    /// Consents a citizen granted or that concern them, newest first.
+    pub async fn consents_of(&self, resident: &ResidentId) -> Result<Vec<Consent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE granted_by = $1 OR subject_id = $1 ORDER BY granted_at DESC LIMIT 500"
+        ))
+        .bind(resident.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(consent_from_row).collect()
+    }
+
+    /// Revokes a consent at once; only its grantor or its subject may.
+    pub async fn revoke_consent(&self, citizen: &Actor, consent_id: &str) -> Result<Consent> {
+        let resident = citizen
+            .resident_id
+            .as_ref()
+            .ok_or_else(|| StoreError::Forbidden("only a citizen revokes consent".into()))?;
+        let mut tx = self.pool.begin().await?;
+        let place = reserve(&mut tx).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
+        ))
+        .bind(consent_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut consent = match row {
+            Some(row) => consent_from_row(&row)?,
+            None => return Err(StoreError::NotFound("consent".into())),
+        };
+        if consent.granted_by != resident.as_str() && consent.subject != resident.as_str() {
+            return Err(StoreError::NotFound("consent".into()));
+        }
+        sqlx::query(
+            "UPDATE consents SET status = 'revoked', revoked_at = $1 WHERE consent_id = $2",
+        )
+        .bind(now_millis())
+        .bind(consent_id)
+        .execute(&mut *tx)
+        .await?;
+        append(
+            &mut tx,
+            place,
+            NewAuditEvent {
+                kind: "consent_revoked".into(),
+                actor: citizen.actor_id.clone(),
+                department: Some(consent.requester_department.to_string()),
+                subject_ref: Some(self.pseudonym(&consent.subject)),
+                consent_id: Some(consent.consent_id.clone()),
+                purpose: Some(consent.purpose.to_string()),
+                outcome: "recorded".into(),
+                reason: None,
+                detail: json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        consent.status = ConsentStatus::Revoked;
+        Ok(consent)
+    }
+
+    /// A caseworker's lookup of `subject`'s certificates of `record_type` under `consent_id`.
+    pub async fn lookup(
+        &self,
+        caseworker: &Actor,
+        consent_id: &str,
+        subject: &str,
+        record_type: &RecordType,
+    ) -> Result<LookupOutcome> {
+        let department = caseworker.department.as_ref().ok_or_else(|| {
+            StoreError::Forbidden("only a caseworker of a department looks up".into())
+        })?;
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let place = reserve(&mut tx).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
+        ))
+        .bind(consent_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let consent = row.as_ref().map(consent_from_row).transpose()?;
+        let request = LookupRequest {
+            caseworker: &caseworker.actor_id,
+            department,
+            subject,
+            record_type,
+            now_millis: now,
+        };
+        let decision = match &consent {
+            None => Err(LookupRefusal::ConsentNotFound),
+            Some(consent) => consent.check_lookup(&request),
+        };
+        let decision = match decision {
+            Ok(()) => {
+                // The guard repeats the count check inside the write: the second of two
+                // concurrent uses finds the consent used up.
+                let used = sqlx::query(
+                    "UPDATE consents SET uses = uses + 1 WHERE consent_id = $1 AND uses < max_uses AND status = 'active'",
+                )
+                .bind(consent_id)
+                .execute(&mut *tx)
+                .await?;
+                if used.rows_affected() == 1 {
+                    Ok(())
+                } else {
+                    let max_uses = consent.as_ref().map(|c| c.max_uses).unwrap_or(1);
+                    Err(LookupRefusal::UsedUp {
+                        uses: max_uses,
+                        max_uses,
+                    })
+                }
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let purpose = consent
+            .as_ref()
+            .filter(|c| &c.requester_department == department)
+            .map(|c| c.purpose.to_string());
+        let mut event = NewAuditEvent {
+            kind: "lookup".into(),
+            actor: caseworker.actor_id.clone(),
+            department: Some(department.to_string()),
+            subject_ref: Some(self.pseudonym(subject)),
+            consent_id: Some(consent_id.to_owned()),
+            purpose,
+            outcome: "allowed".into(),
+            reason: None,
+            detail: json!({ "record_type": record_type }),
+        };
+        let outcome = match (decision, consent) {
+            (Ok(()), Some(mut consent)) => {
+                let rows = sqlx::query(
+                    "SELECT certificate_id, current_record_id, record_type, department_id, issued_at, fields_json
+                     FROM certificates WHERE subject_id = $1 AND record_type = $2 ORDER BY issued_at",
+                )
+                .bind(subject)
+                .bind(record_type.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut certificates = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let fields: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(&text(row, "fields_json")?)
+                            .map_err(|e| StoreError::Corrupt(format!("certificate fields: {e}")))?;
+                    certificates.push(ReleasedCertificate {
+                        certificate_id: text(row, "certificate_id")?,
+                        record_id: text(row, "current_record_id")?,
+                        record_type: text(row, "record_type")?,
+                        issuing_department: text(row, "department_id")?,
+                        issued_at_millis: integer(row, "issued_at")?,
+                        fields: consent.release_fields(fields),
+                    });
+                }
+                event.detail = json!({
+                    "record_type": record_type,
+                    "certificate_ids": certificates.iter().map(|c| &c.certificate_id).collect::<Vec<_>>(),
+                });
+                let audited = append(&mut tx, place, event).await?;
+                consent.uses += 1;
+                LookupOutcome::Allowed {
+                    consent: Box::new(consent),
+                    certificates,
+                    audit_seq: audited.seq,
+                }
+            }
+            (decision, _) => {
+                let refusal = decision.err().unwrap_or(LookupRefusal::ConsentNotFound);
+                event.outcome = "refused".into();
+                event.reason = Some(refusal.code().into());
+                let audited = append(&mut tx, place, event).await?;
+                LookupOutcome::Refused {
+                    refusal,
+                    audit_seq: audited.seq,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn consent(&self, consent_id: &str) -> Result<Option<Consent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
+        ))
+        .bind(consent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(consent_from_row).transpose()
+    }
+}

@@ -1,0 +1,223 @@
+//! The SQL store, through `sqlx`: the only crate that talks SQL. SQLite is the
+//! embedded default, PostgreSQL the production backend; both run the same queries
+//! (`$n` placeholders, `TEXT`/`BIGINT` columns) through sqlx's `Any` driver.
+//!
+//! Every write that must be audited appends its audit event in the same transaction,
+//! and every such transaction starts by updating the audit head row, which takes the
+//! write lock first on SQLite and serialises chain appends on PostgreSQL.
+
+mod actors;
+mod audit;
+mod consents;
+mod records;
+mod registry;
+
+pub use actors::Actor;
+pub use audit::{AuditFilter, NewAuditEvent};
+pub use consents::{ConsentGrant, LookupOutcome, ReleasedCertificate};
+pub use records::{StoreOutcome, StoredRecord};
+pub use registry::TrustedKey;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+use std::borrow::Cow;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The embedded migrations, shared by both backends.
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl<'s> MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>>
+                + Send
+                + 's,
+        >,
+    > {
+        Box::pin(async {
+            Ok(vec![Migration::new(
+                1,
+                Cow::Borrowed("initial"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../migrations/0001_initial.sql")),
+                false,
+            )])
+        })
+    }
+}
+
+/// Which SQL engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// Key for the keyed hashes (pseudonyms) of personal identifiers in the audit log.
+    pseudonym_key: std::sync::Arc<Vec<u8>>,
+}
+
+/// Unix milliseconds now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A fresh random id, 16 bytes in hex, with a prefix saying what it names.
+pub fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    fill_random(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+pub fn fill_random(bytes: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    // SystemRandom fails only when the OS has no randomness at all; there is no safe way on.
+    ring::rand::SystemRandom::new()
+        .fill(bytes)
+        .expect("the operating system provides randomness");
+}
+
+impl Store {
+    /// Connects to `sqlite://path` (created when missing) or `postgres://…`, and migrates.
+    pub async fn connect(url: &str, pseudonym_key: Vec<u8>) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "database url must start with sqlite: or postgres:, got {}",
+                url.split(':').next().unwrap_or_default()
+            )));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let max_connections = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let migrator = Migrator::new(EmbeddedMigrations).await?;
+        migrator.run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend,
+            pseudonym_key: std::sync::Arc::new(pseudonym_key),
+        })
+    }
+
+    /// Creates database `name` on the PostgreSQL server at `admin_url` (tests and operators).
+    pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<()> {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::Invalid(format!(
+                "database name {name} must be lower-case letters, digits and _"
+            )));
+        }
+        let mut connection = sqlx::AnyConnection::connect(admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await?;
+        connection.close().await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The keyed hash of a personal identifier, as it appears in audit events and logs.
+    pub fn pseudonym(&self, identifier: &str) -> String {
+        datarun_domain::pseudonym(&self.pseudonym_key, identifier)
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn text(row: &AnyRow, column: &str) -> Result<String> {
+    Ok(row.try_get::<String, _>(column)?)
+}
+
+fn optional_text(row: &AnyRow, column: &str) -> Result<Option<String>> {
+    Ok(row.try_get::<Option<String>, _>(column)?)
+}
+
+fn integer(row: &AnyRow, column: &str) -> Result<i64> {
+    Ok(row.try_get::<i64, _>(column)?)
+}
+
+fn optional_integer(row: &AnyRow, column: &str) -> Result<Option<i64>> {
+    Ok(row.try_get::<Option<i64>, _>(column)?)
+}

@@ -1,0 +1,80 @@
+//! Tamper evidence: change or delete one audit row straight in the SQLite file and
+//! `datarun audit verify` fails, naming the first bad event.
+
+use crate::harness::{Broker, Db, TestEnv};
+use serde_json::json;
+
+/// Three citizens each grant a consent for themselves: three audit events.
+async fn env_with_three_events() -> TestEnv {
+    let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
+    let hub = env.start().await;
+    for resident in [
+        "440104198503125841",
+        "440106199001012449",
+        "440111197707153974",
+    ] {
+        let token = env
+            .token(&[
+                "--role",
+                "citizen",
+                "--resident-id",
+                resident,
+                "--name",
+                "c",
+            ])
+            .await;
+        let grant = json!({
+            "subject": resident, "requester_department": "human_resources",
+            "record_types": ["health.birth_certificate"], "purpose": "social_insurance_enrolment"
+        });
+        let (status, body) = hub.post("/v1/consents", &token, grant).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    hub.running.stop().await;
+    let (code, out) = env.cli(&["audit", "verify"]).await;
+    assert_eq!((code, out.trim()), (0, "audit log intact: 3 events"));
+    env
+}
+
+fn sqlite(env: &TestEnv, statement: &str) {
+    // An outside tool edits the file, as an attacker with disk access would.
+    let script = format!(
+        "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit(); c.close()"
+    );
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &script,
+            env.dir.join("datarun.db").to_str().unwrap(),
+            statement,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altering_one_audit_row_is_detected_and_named() {
+    let env = env_with_three_events().await;
+    sqlite(
+        &env,
+        "UPDATE audit_events SET department_id = 'tax' WHERE seq = 2",
+    );
+    let (code, out) = env.cli(&["audit", "verify"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("audit event 2"), "{out}");
+    assert!(out.contains("altered"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_audit_rows_is_detected() {
+    let env = env_with_three_events().await;
+    sqlite(&env, "DELETE FROM audit_events WHERE seq = 3");
+    let (code, out) = env.cli(&["audit", "verify"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("events deleted at the end"), "{out}");
+    sqlite(&env, "DELETE FROM audit_events WHERE seq = 1");
+    let (code, out) = env.cli(&["audit", "verify"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("audit event 1 is missing"), "{out}");
+}

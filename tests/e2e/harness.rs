@@ -1,0 +1,311 @@
+//! Spawns the hub as production builds it: fresh data directory, fresh database
+//! (SQLite file or a new PostgreSQL database), fresh topic names, HTTP on port 0,
+//! against librdkafka's mock cluster or a real `tansu` broker process.
+
+use datarun_cli::config::Config;
+use datarun_kafka::broker::{MockKafka, TansuBroker};
+use datarun_kafka::KafkaSettings;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    Mock,
+    Tansu,
+}
+
+pub enum BrokerHandle {
+    Mock(MockKafka),
+    Tansu(TansuBroker),
+}
+
+impl BrokerHandle {
+    pub fn start(kind: Broker, dir: &Path) -> Self {
+        match kind {
+            Broker::Mock => BrokerHandle::Mock(MockKafka::start().expect("mock cluster")),
+            Broker::Tansu => {
+                let port = datarun_kafka::broker::free_port().expect("free port");
+                BrokerHandle::Tansu(
+                    TansuBroker::start(&dir.join("kafka"), port)
+                        .expect("tansu broker (scripts/install-tansu.sh)"),
+                )
+            }
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            BrokerHandle::Mock(mock) => mock.bootstrap_servers(),
+            BrokerHandle::Tansu(tansu) => tansu.bootstrap_servers(),
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique lower-case name for this test run.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("DATARUN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Everything a test needs, before the hub is started.
+pub struct TestEnv {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub config_file: PathBuf,
+    pub broker: BrokerHandle,
+}
+
+impl TestEnv {
+    pub async fn new(db: Db, broker: Broker) -> Self {
+        let name = unique("datarun");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let broker = BrokerHandle::start(broker, &dir);
+        let database_url = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.join("datarun.db").display()),
+            Db::Postgres => {
+                datarun_store::Store::create_postgres_database(&postgres_admin_url(), &name)
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432 (scripts/test.sh starts it)");
+                let admin = postgres_admin_url();
+                let base = admin.rsplit_once('/').unwrap().0;
+                format!("{base}/{name}")
+            }
+        };
+        let root = repo_root();
+        let config_text = format!(
+            r#"
+[hub]
+data_dir = "{data}"
+schemas_dir = "{schemas}"
+connectors_dir = "{connectors}"
+[database]
+url = "{database_url}"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{name}."
+group_id = "{name}-ingest"
+partitions = 2
+[broker]
+start_local = false
+"#,
+            data = dir.display(),
+            schemas = root.join("schemas").display(),
+            connectors = root.join("connectors").display(),
+            bootstrap = broker.bootstrap_servers(),
+        );
+        let config_file = dir.join("datarun.toml");
+        std::fs::write(&config_file, config_text).unwrap();
+        let config = Config::load(Some(&config_file), std::iter::empty()).unwrap();
+        TestEnv {
+            dir,
+            config,
+            config_file,
+            broker,
+        }
+    }
+
+    pub fn kafka(&self) -> KafkaSettings {
+        self.config.kafka_settings()
+    }
+
+    /// Runs the CLI in-process with this environment's config; returns (exit code, stdout).
+    pub async fn cli(&self, args: &[&str]) -> (u8, String) {
+        let mut argv = vec![
+            "datarun".to_owned(),
+            "--config".to_owned(),
+            self.config_file.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let mut out = Vec::new();
+        let code = datarun_cli::cli::run(&argv, &mut out)
+            .await
+            .unwrap_or_else(|e| panic!("datarun {args:?}: {e:#}"));
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    /// Issues a token through the CLI.
+    pub async fn token(&self, args: &[&str]) -> String {
+        let mut argv = vec!["token", "issue"];
+        argv.extend_from_slice(args);
+        let (code, out) = self.cli(&argv).await;
+        assert_eq!(code, 0, "{out}");
+        out.trim().to_owned()
+    }
+
+    /// Generates `count` sample certificates into the test's folder.
+    pub fn sample(&self, count: usize) -> (PathBuf, Vec<BTreeMap<String, String>>) {
+        let rows = datarun_connector::sample::birth_certificates(count, 99);
+        let path = self.dir.join("birth_certificates.csv");
+        datarun_connector::sample::write_csv(&path, &rows).unwrap();
+        (path, rows)
+    }
+
+    /// Opens the store, registers the reference world and starts the hub.
+    pub async fn start(&self) -> TestHub {
+        let store = datarun_cli::app::open_store(&self.config).await.unwrap();
+        datarun_cli::setup::reference_world(
+            &store,
+            &self.config.hub.schemas_dir,
+            &self.config.hub.data_dir,
+        )
+        .await
+        .unwrap();
+        let running = datarun_cli::app::start(&self.config, store).await.unwrap();
+        TestHub {
+            base: format!("http://{}", running.http_addr),
+            http: reqwest::Client::new(),
+            running,
+        }
+    }
+
+    pub fn health_key_file(&self) -> PathBuf {
+        self.config
+            .hub
+            .data_dir
+            .join("keys")
+            .join("health-2026.pk8")
+    }
+
+    pub async fn run_connector(&self, source: &Path) -> String {
+        let connector = repo_root().join("connectors/health");
+        let (code, out) = self
+            .cli(&[
+                "connector",
+                "run",
+                connector.to_str().unwrap(),
+                "--source",
+                source.to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(code, 0, "{out}");
+        out
+    }
+}
+
+pub struct TestHub {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub running: datarun_cli::app::Running,
+}
+
+impl TestHub {
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until at least `count` certificates are stored.
+    pub async fn wait_for_certificates(&self, count: i64) -> i64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, certificates) = self.running.store.record_counts().await.unwrap();
+            if certificates >= count || tokio::time::Instant::now() > deadline {
+                return certificates;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the ingest has rejected at least `count` records.
+    pub async fn wait_for_rejections(&self, count: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let rejected = self.running.ingest_stats.rejected.load(Ordering::Relaxed);
+            if rejected >= count || tokio::time::Instant::now() > deadline {
+                return rejected;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Reads the dead-letter topic: (reason, field, record id) per message.
+pub async fn dead_letters(
+    settings: &KafkaSettings,
+    expected: usize,
+) -> Vec<(String, String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let messages = datarun_kafka::read_topic(
+            settings,
+            &settings.dead_letter_topic(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        let header = |m: &datarun_kafka::IncomingRecord, name: &str| {
+            m.headers
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let letters: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                (
+                    header(m, datarun_kafka::wire::REJECT_REASON),
+                    header(m, datarun_kafka::wire::REJECT_FIELD),
+                    header(m, datarun_kafka::wire::RECORD_ID),
+                )
+            })
+            .collect();
+        if letters.len() >= expected || tokio::time::Instant::now() > deadline {
+            return letters;
+        }
+    }
+}

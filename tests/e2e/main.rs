@@ -1,0 +1,5 @@
+mod audit;
+mod connector;
+mod flow;
+mod harness;
+mod rejections;

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""A department system in another language: builds the signing input exactly as
+docs/signing.md specifies, signs it with Ed25519, and publishes with the real
+third-party Kafka client confluent-kafka. Used by the end-to-end suite.
+
+Reads a JSON job on stdin:
+  {"bootstrap": "...", "topic": "...", "seed_hex": "...", "payload_hex": "...",
+   "envelope": {record_id, department, record_type, schema_version, subject, issued_at_millis, key_id},
+   "variants": ["valid", "payload_flipped", "signature_flipped"]}
+Each variant is published with record id "<record_id>-<variant>".
+"""
+import json
+import struct
+import sys
+
+from confluent_kafka import Producer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+DOMAIN = b"datarun-record-v1\n"
+
+
+def field(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def signing_input(envelope: dict, payload: bytes) -> bytes:
+    parts = [
+        envelope["record_id"],
+        envelope["department"],
+        envelope["record_type"],
+        str(envelope["schema_version"]),
+        envelope["subject"],
+        str(envelope["issued_at_millis"]),
+        envelope["key_id"],
+    ]
+    return DOMAIN + b"".join(field(p.encode("utf-8")) for p in parts) + field(payload)
+
+
+def main() -> int:
+    job = json.load(sys.stdin)
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(job["seed_hex"]))
+    producer = Producer({"bootstrap.servers": job["bootstrap"], "enable.idempotence": True, "acks": "all"})
+    failures = []
+
+    def delivered(error, message):
+        if error is not None:
+            failures.append(str(error))
+
+    for variant in job["variants"]:
+        envelope = dict(job["envelope"])
+        envelope["record_id"] = f'{envelope["record_id"]}-{variant}'
+        payload = bytearray.fromhex(job["payload_hex"])
+        signature = bytearray(key.sign(signing_input(envelope, bytes(payload))))
+        if variant == "payload_flipped":
+            payload[len(payload) // 2] ^= 0x01
+        elif variant == "signature_flipped":
+            signature[10] ^= 0x01
+        headers = [
+            ("datarun-record-id", envelope["record_id"]),
+            ("datarun-department", envelope["department"]),
+            ("datarun-record-type", envelope["record_type"]),
+            ("datarun-schema-version", str(envelope["schema_version"])),
+            ("datarun-subject", envelope["subject"]),
+            ("datarun-issued-at", str(envelope["issued_at_millis"])),
+            ("datarun-key-id", envelope["key_id"]),
+            ("datarun-signature", bytes(signature).hex()),
+        ]
+        producer.produce(job["topic"], key=envelope["subject"], value=bytes(payload), headers=headers, on_delivery=delivered)
+    remaining = producer.flush(30)
+    if remaining or failures:
+        print(f"not delivered: {remaining} pending, errors {failures}", file=sys.stderr)
+        return 1
+    print(json.dumps({"published": len(job["variants"])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
