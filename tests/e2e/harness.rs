@@ -118,6 +118,7 @@ bootstrap_servers = "{bootstrap}"
 topic_prefix = "{name}."
 group_id = "{name}-ingest"
 partitions = 2
+create_topics = {create_topics}
 [broker]
 start_local = false
 "#,
@@ -125,10 +126,20 @@ start_local = false
             schemas = root.join("schemas").display(),
             connectors = root.join("connectors").display(),
             bootstrap = broker.bootstrap_servers(),
+            create_topics = matches!(broker, BrokerHandle::Tansu(_)),
         );
         let config_file = dir.join("datarun.toml");
         std::fs::write(&config_file, config_text).unwrap();
         let config = Config::load(Some(&config_file), std::iter::empty()).unwrap();
+        if let BrokerHandle::Mock(mock) = &broker {
+            let kafka = config.kafka_settings();
+            for topic in [
+                kafka.records_topic("health.birth_certificate"),
+                kafka.dead_letter_topic(),
+            ] {
+                mock.create_topic(&topic, config.kafka.partitions).unwrap();
+            }
+        }
         TestEnv {
             dir,
             config,

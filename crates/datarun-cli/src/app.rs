@@ -52,9 +52,11 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
         .map(|t| kafka.records_topic(t))
         .collect();
     topics.push(kafka.dead_letter_topic());
-    datarun_kafka::ensure_topics(&kafka, &topics, config.kafka.partitions)
-        .await
-        .context("creating the hub's topics")?;
+    if config.kafka.create_topics {
+        datarun_kafka::ensure_topics(&kafka, &topics, config.kafka.partitions)
+            .await
+            .context("creating the hub's topics")?;
+    }
     let ingest = Ingest::new(store.clone(), DeadLetterPublisher::new(&kafka)?);
     let ingest_stats = ingest.stats.clone();
     let consumer = IngestConsumer::new(&kafka, &config.kafka.group_id, &config.kafka.record_types)?;

@@ -49,6 +49,8 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     pub group_id: String,
     pub partitions: i32,
+    /// Create missing topics at start (off where the cluster's operators own topics).
+    pub create_topics: bool,
     /// Record types the broker consumes.
     pub record_types: Vec<String>,
 }
@@ -78,6 +80,7 @@ bootstrap_servers = "127.0.0.1:19092"
 topic_prefix = "datarun."
 group_id = "datarun-ingest"
 partitions = 3
+create_topics = true
 record_types = ["health.birth_certificate"]
 
 [broker]

@@ -25,6 +25,11 @@ impl MockKafka {
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
+
+    /// The mock cluster does not implement the CreateTopics API; topics are made here.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        Ok(self.cluster.create_topic(topic, partitions, 1)?)
+    }
 }
 
 /// Where the `tansu` binary is: `$DATARUN_TANSU_BIN`, `~/.cargo/bin/tansu`, or `PATH`.
@@ -65,7 +70,8 @@ impl TansuBroker {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| KafkaError::Broker(format!("{}: {e}", data_dir.display())))?;
         let url = format!("tcp://127.0.0.1:{port}");
-        let storage = format!("sqlite://{}", data_dir.join("tansu.db").display());
+        // tansu resolves the SQLite path relative to its working directory.
+        let storage = "sqlite://tansu.db";
         let log = std::fs::File::create(data_dir.join("tansu.log"))
             .map_err(|e| KafkaError::Broker(format!("tansu.log: {e}")))?;
         let binary = tansu_binary();
@@ -77,8 +83,9 @@ impl TansuBroker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &storage,
+                storage,
             ])
+            .current_dir(data_dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(

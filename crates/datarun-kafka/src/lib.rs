@@ -325,25 +325,28 @@ impl DeadLetterPublisher {
     }
 }
 
-/// Reads a whole topic from the beginning, for tests and operators (`datarun dead-letter list`).
+/// Reads a whole topic from the beginning, until nothing arrives for `wait`.
 pub async fn read_topic(
     settings: &KafkaSettings,
     topic: &str,
     wait: Duration,
 ) -> Result<Vec<IncomingRecord>> {
+    // Direct assignment, no consumer group: nothing to join, nothing committed.
     let consumer: StreamConsumer = settings
         .client_config()
-        .set("group.id", format!("datarun-reader-{}", std::process::id()))
+        .set("group.id", "datarun-reader")
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
         .create()?;
-    consumer.subscribe(&[topic])?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
     let consumer = IngestConsumer { consumer };
     let mut messages = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(remaining, consumer.next()).await {
+        match tokio::time::timeout(wait, consumer.next()).await {
             Ok(Ok(message)) => messages.push(message),
             Ok(Err(error)) => return Err(error),
             Err(_) => return Ok(messages),
