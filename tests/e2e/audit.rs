@@ -38,13 +38,11 @@ async fn env_with_three_events() -> TestEnv {
 
 fn sqlite(env: &TestEnv, statement: &str) {
     // An outside tool edits the file, as an attacker with disk access would.
-    let script = format!(
-        "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit(); c.close()"
-    );
+    let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit(); c.close()";
     let status = std::process::Command::new("python3")
         .args([
             "-c",
-            &script,
+            script,
             env.dir.join("datarun.db").to_str().unwrap(),
             statement,
         ])

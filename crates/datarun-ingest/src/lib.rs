@@ -48,12 +48,15 @@ pub enum Handled {
     Rejected(Rejection),
 }
 
+/// Parsed schemas by (record type, version); registered versions never change.
+type SchemaCache = HashMap<(String, u32), Arc<RecordSchema>>;
+
 /// The verification and storage pipeline, independent of where messages come from.
 #[derive(Clone)]
 pub struct Ingest {
     store: Store,
     dead_letters: DeadLetterPublisher,
-    schemas: Arc<Mutex<HashMap<(String, u32), Arc<RecordSchema>>>>,
+    schemas: Arc<Mutex<SchemaCache>>,
     pub stats: Arc<IngestStats>,
 }
 
