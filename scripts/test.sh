@@ -9,5 +9,7 @@ bash scripts/install-tansu.sh
 bash scripts/ensure-python.sh
 bash scripts/ensure-postgres.sh
 
+bash scripts/check-deps.sh
+
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 cargo test --workspace --locked "$@"

@@ -3,3 +3,4 @@ mod connector;
 mod flow;
 mod harness;
 mod rejections;
+mod store;

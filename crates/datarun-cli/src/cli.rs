@@ -70,6 +70,35 @@ enum Command {
     Sample(SampleCommand),
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Measure the hot paths on a fresh hub (figures only; see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Sign, publish and ingest generated birth certificates.
+    Ingest {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        backend: crate::bench::Backend,
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_admin_url: String,
+    },
+    /// Consented, audited lookups, each under its own one-use consent.
+    Lookup {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        backend: crate::bench::Backend,
+        #[arg(long, default_value_t = 10_000)]
+        certificates: usize,
+        #[arg(long, default_value_t = 5_000)]
+        lookups: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_admin_url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,6 +400,32 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                 "wrote {count} birth certificates to {}",
                 file.display()
             )?;
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Ingest {
+            backend,
+            records,
+            postgres_admin_url,
+        }) => {
+            crate::bench::ingest(backend, records, &postgres_admin_url, out).await?;
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Lookup {
+            backend,
+            certificates,
+            lookups,
+            concurrency,
+            postgres_admin_url,
+        }) => {
+            crate::bench::lookups(
+                backend,
+                certificates,
+                lookups,
+                concurrency,
+                &postgres_admin_url,
+                out,
+            )
+            .await?;
             Ok(0)
         }
         Command::Audit(AuditCommand::Verify) => {

@@ -207,6 +207,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/datarun.example.toml");
+        let from_example = Config::load(Some(&example), std::iter::empty()).unwrap();
+        let defaults = Config::load(Some(Path::new("/dev/null")), std::iter::empty()).unwrap();
+        assert_eq!(format!("{from_example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let environment = vec![("DATARUN__HTTP__LISTNE".to_owned(), "x".to_owned())];
         let error = Config::load(None, environment.into_iter()).unwrap_err();

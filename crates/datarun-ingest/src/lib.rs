@@ -9,7 +9,7 @@ use datarun_domain::date::CivilDate;
 use datarun_domain::{RejectReason, Rejection, SignedRecord};
 use datarun_kafka::{DeadLetterPublisher, IncomingRecord, IngestConsumer};
 use datarun_schema::RecordSchema;
-use datarun_store::{NewAuditEvent, Store, StoreOutcome, StoredRecord};
+use datarun_store::{NewAuditEvent, Store, StoreOutcome, StoredRecord, TrustedKey};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,8 @@ pub enum IngestError {
     Store(#[from] datarun_store::StoreError),
     #[error(transparent)]
     Kafka(#[from] datarun_kafka::KafkaError),
+    #[error("ingest worker failed: {0}")]
+    Worker(String),
     #[error("registered schema {record_type} v{version} does not parse: {message}")]
     BrokenSchema {
         record_type: String,
@@ -105,83 +107,327 @@ impl Ingest {
         Ok(Some(schema))
     }
 
-    /// Checks everything short of storing; returns the row to store or why not.
-    async fn verify(&self, record: &SignedRecord) -> Result<Result<StoredRecord, Rejection>> {
+    /// Looks up, once per batch, the keys, permissions and schemas its records need.
+    async fn resolve(&self, batch: &[IncomingRecord]) -> Result<TrustContext> {
+        let mut context = TrustContext::default();
+        for record in batch
+            .iter()
+            .filter_map(|incoming| incoming.record.as_ref().ok())
+        {
+            let envelope = &record.envelope;
+            let key_id = envelope.signing_key_id.as_str();
+            if !context.keys.contains_key(key_id) {
+                context
+                    .keys
+                    .insert(key_id.to_owned(), self.store.trusted_key(key_id).await?);
+            }
+            let permission = (
+                envelope.department.to_string(),
+                envelope.record_type.to_string(),
+            );
+            if let std::collections::hash_map::Entry::Vacant(entry) = context.permissions.entry(permission) {
+                let (department, record_type) = entry.key();
+                let allowed = self.store.may_publish(department, record_type).await?;
+                entry.insert(allowed);
+            }
+            let schema_key = (envelope.record_type.to_string(), envelope.schema_version);
+            if let std::collections::hash_map::Entry::Vacant(entry) = context.schemas.entry(schema_key) {
+                let (record_type, version) = entry.key();
+                let schema = self.schema(record_type, *version).await?;
+                entry.insert(schema);
+            }
+        }
+        Ok(context)
+    }
+
+    /// Handles a batch completely: verified records are stored in one transaction,
+    /// rejected ones dead-lettered and audited. An `Err` means the batch must be retried
+    /// and not acknowledged; retrying is safe (stored records come back as duplicates).
+    pub async fn handle_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<Handled>> {
+        let context = Arc::new(self.resolve(&batch).await?);
+        let today = CivilDate::from_unix_millis_cst(datarun_store::now_millis());
+        // Signature and payload checks are CPU work: split them across the blocking pool.
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let chunk = batch.len().div_ceil(workers).max(1);
+        let mut checks = Vec::new();
+        for start in (0..batch.len()).step_by(chunk) {
+            let (batch, context) = (batch.clone(), context.clone());
+            let end = (start + chunk).min(batch.len());
+            checks.push(tokio::task::spawn_blocking(move || {
+                batch[start..end]
+                    .iter()
+                    .map(|incoming| match &incoming.record {
+                        Err(rejection) => Err(rejection.clone()),
+                        Ok(record) => context.check(record, today),
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for check in checks {
+            verdicts.extend(
+                check
+                    .await
+                    .map_err(|e| IngestError::Worker(e.to_string()))?,
+            );
+        }
+        let rows: Vec<StoredRecord> = verdicts
+            .iter()
+            .filter_map(|v| v.as_ref().ok().cloned())
+            .collect();
+        let mut outcomes = self.store.store_records(&rows).await?.into_iter();
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut rejections = Vec::new();
+        for (incoming, verdict) in batch.iter().zip(verdicts) {
+            let result = match verdict {
+                Err(rejection) => Err(rejection),
+                Ok(_) => match outcomes.next() {
+                    Some(StoreOutcome::Stored) => Ok(Handled::Stored),
+                    Some(StoreOutcome::Duplicate) => Ok(Handled::Duplicate),
+                    Some(StoreOutcome::Replayed) => Err(Rejection::at(
+                        RejectReason::Replayed,
+                        datarun_kafka::wire::RECORD_ID,
+                        "this record id was already used for a different record",
+                    )),
+                    Some(StoreOutcome::Stale) => Err(Rejection::at(
+                        RejectReason::StaleVersion,
+                        datarun_kafka::wire::ISSUED_AT,
+                        "a version of this certificate issued at the same time or later is already stored",
+                    )),
+                    Some(StoreOutcome::ForeignCertificate) => Err(Rejection::at(
+                        RejectReason::PublisherNotAllowed,
+                        "certificate_id",
+                        "the certificate belongs to another department",
+                    )),
+                    None => return Err(IngestError::Worker("store returned fewer outcomes than records".into())),
+                },
+            };
+            match result {
+                Ok(outcome) => handled.push(outcome),
+                Err(rejection) => {
+                    rejections.push((incoming, rejection.clone()));
+                    handled.push(Handled::Rejected(rejection));
+                }
+            }
+        }
+        self.reject_all(&rejections).await?;
+        for outcome in &handled {
+            let counter = match outcome {
+                Handled::Stored => &self.stats.stored,
+                Handled::Duplicate => &self.stats.duplicates,
+                Handled::Rejected(_) => &self.stats.rejected,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(handled)
+    }
+
+    /// Handles one message; see [`Ingest::handle_batch`].
+    pub async fn handle(&self, incoming: &IncomingRecord) -> Result<Handled> {
+        let mut handled = self.handle_batch(Arc::new(vec![incoming.clone()])).await?;
+        handled
+            .pop()
+            .ok_or_else(|| IngestError::Worker("empty batch result".into()))
+    }
+
+    /// Dead-letters every rejected record, then audits them all in one transaction.
+    async fn reject_all(&self, rejections: &[(&IncomingRecord, Rejection)]) -> Result<()> {
+        let mut events = Vec::with_capacity(rejections.len());
+        for (incoming, rejection) in rejections {
+            let record_id = incoming
+                .record
+                .as_ref()
+                .ok()
+                .map(|r| r.envelope.record_id.to_string());
+            let department = incoming
+                .record
+                .as_ref()
+                .ok()
+                .map(|r| r.envelope.department.to_string());
+            tracing::warn!(
+                record_id = record_id.as_deref().unwrap_or("-"),
+                topic = %incoming.topic,
+                partition = incoming.partition,
+                offset = incoming.offset,
+                reason = rejection.reason.code(),
+                field = rejection.field.as_deref().unwrap_or("-"),
+                "record rejected"
+            );
+            self.dead_letters.publish(incoming, rejection).await?;
+            events.push(NewAuditEvent {
+                kind: "ingest_rejected".into(),
+                actor: "broker".into(),
+                department,
+                outcome: "rejected".into(),
+                reason: Some(rejection.reason.code().into()),
+                detail: serde_json::json!({
+                    "record_id": record_id,
+                    "field": rejection.field,
+                    "message": rejection.message,
+                    "topic": incoming.topic,
+                    "partition": incoming.partition,
+                    "offset": incoming.offset,
+                }),
+                ..NewAuditEvent::default()
+            });
+        }
+        self.store.audit_all(events).await?;
+        Ok(())
+    }
+
+    /// Consumes until `shutdown` resolves, in batches of up to `MAX_BATCH` messages
+    /// (whatever has arrived, never waiting to fill one). A batch that cannot be handled
+    /// (database or broker down) is retried with backoff, never skipped.
+    pub async fn run(
+        self,
+        consumer: IngestConsumer,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                _ = &mut shutdown => break,
+                next = consumer.next() => match next {
+                    Ok(incoming) => incoming,
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(Duration::from_millis(1), consumer.next()).await {
+                    Ok(Ok(incoming)) => batch.push(incoming),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "kafka consume error");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let batch = Arc::new(batch);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let attempt = tokio::select! {
+                    _ = &mut shutdown => {
+                        let _ = consumer.commit_now();
+                        return;
+                    }
+                    attempt = self.handle_batch(batch.clone()) => attempt,
+                };
+                match attempt {
+                    Ok(handled) => {
+                        tracing::debug!(
+                            messages = batch.len(),
+                            stored = handled.iter().filter(|h| **h == Handled::Stored).count(),
+                            "batch handled"
+                        );
+                        for incoming in batch.iter() {
+                            if let Err(error) = consumer.acknowledge(incoming) {
+                                tracing::warn!(%error, "storing the offset failed; the record may be redelivered");
+                            }
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, messages = batch.len(), "ingest failed; retrying the batch");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        if let Err(error) = consumer.commit_now() {
+            tracing::warn!(%error, "final offset commit failed; uncommitted records will be redelivered");
+        }
+    }
+}
+
+/// The most messages handled in one batch (one database transaction).
+pub const MAX_BATCH: usize = 1000;
+
+/// What a batch's records are checked against, resolved once per batch.
+#[derive(Default)]
+struct TrustContext {
+    keys: HashMap<String, Option<TrustedKey>>,
+    permissions: HashMap<(String, String), bool>,
+    schemas: HashMap<(String, u32), Option<Arc<RecordSchema>>>,
+}
+
+impl TrustContext {
+    /// Everything short of storing; returns the row to store or why not.
+    fn check(&self, record: &SignedRecord, today: CivilDate) -> Result<StoredRecord, Rejection> {
         let envelope = &record.envelope;
         let key_header = datarun_kafka::wire::KEY_ID;
-        let Some(key) = self
-            .store
-            .trusted_key(envelope.signing_key_id.as_str())
-            .await?
-        else {
-            return Ok(Err(Rejection::at(
+        let Some(Some(key)) = self.keys.get(envelope.signing_key_id.as_str()) else {
+            return Err(Rejection::at(
                 RejectReason::UnknownKey,
                 key_header,
                 "no such key in the trust registry",
-            )));
+            ));
         };
         if key.department != envelope.department.as_str() {
-            return Ok(Err(Rejection::at(
+            return Err(Rejection::at(
                 RejectReason::UnknownKey,
                 key_header,
                 "the key is registered to another department",
-            )));
+            ));
         }
         if let Err(message) = key.valid_at(envelope.issued_at_millis) {
-            return Ok(Err(Rejection::at(
+            return Err(Rejection::at(
                 RejectReason::KeyNotValid,
                 key_header,
                 message,
-            )));
+            ));
         }
         if !record.signature_is_valid(&key.public_key) {
-            return Ok(Err(Rejection::at(
+            return Err(Rejection::at(
                 RejectReason::SignatureInvalid,
                 datarun_kafka::wire::SIGNATURE,
                 "the signature does not verify against the registered key",
-            )));
+            ));
         }
-        if !self
-            .store
-            .may_publish(envelope.department.as_str(), envelope.record_type.as_str())
-            .await?
-        {
-            return Ok(Err(Rejection::at(
+        let permission = (
+            envelope.department.to_string(),
+            envelope.record_type.to_string(),
+        );
+        if self.permissions.get(&permission) != Some(&true) {
+            return Err(Rejection::at(
                 RejectReason::PublisherNotAllowed,
                 datarun_kafka::wire::RECORD_TYPE,
                 format!(
                     "{} may not publish {}",
                     envelope.department, envelope.record_type
                 ),
-            )));
+            ));
         }
-        let Some(schema) = self
-            .schema(envelope.record_type.as_str(), envelope.schema_version)
-            .await?
-        else {
-            return Ok(Err(Rejection::at(
+        let schema_key = (envelope.record_type.to_string(), envelope.schema_version);
+        let Some(Some(schema)) = self.schemas.get(&schema_key) else {
+            return Err(Rejection::at(
                 RejectReason::SchemaUnknown,
                 datarun_kafka::wire::SCHEMA_VERSION,
                 format!(
                     "no schema registered for {} version {}",
                     envelope.record_type, envelope.schema_version
                 ),
-            )));
+            ));
         };
-        let today = CivilDate::from_unix_millis_cst(datarun_store::now_millis());
-        let validated = match schema.validate(&record.payload, today) {
-            Ok(validated) => validated,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+        let validated = schema.validate(&record.payload, today)?;
         if validated.subject != envelope.subject {
-            return Ok(Err(Rejection::at(
+            return Err(Rejection::at(
                 RejectReason::SubjectMismatch,
                 datarun_kafka::wire::SUBJECT,
                 "the envelope's subject is not the payload's subject",
-            )));
+            ));
         }
         let input = envelope.signing_input(&record.payload);
-        Ok(Ok(StoredRecord {
+        Ok(StoredRecord {
             record_id: envelope.record_id.to_string(),
             certificate_id: validated.certificate_id.to_string(),
             record_type: envelope.record_type.to_string(),
@@ -198,147 +444,6 @@ impl Ingest {
                 .iter()
                 .map(|g| g.as_str().to_owned())
                 .collect(),
-        }))
-    }
-
-    /// Handles one message completely. An `Err` means nothing durable happened and the
-    /// message must be retried; it must not be acknowledged.
-    pub async fn handle(&self, incoming: &IncomingRecord) -> Result<Handled> {
-        let verdict = match &incoming.record {
-            Err(rejection) => Err(rejection.clone()),
-            Ok(record) => match self.verify(record).await? {
-                Err(rejection) => Err(rejection),
-                Ok(row) => match self.store.store_record(&row).await? {
-                    StoreOutcome::Stored => Ok(Handled::Stored),
-                    StoreOutcome::Duplicate => Ok(Handled::Duplicate),
-                    StoreOutcome::Replayed => Err(Rejection::at(
-                        RejectReason::Replayed,
-                        datarun_kafka::wire::RECORD_ID,
-                        "this record id was already used for a different record",
-                    )),
-                    StoreOutcome::Stale => Err(Rejection::at(
-                        RejectReason::StaleVersion,
-                        datarun_kafka::wire::ISSUED_AT,
-                        "a version of this certificate issued at the same time or later is already stored",
-                    )),
-                    StoreOutcome::ForeignCertificate => Err(Rejection::at(
-                        RejectReason::PublisherNotAllowed,
-                        "certificate_id",
-                        "the certificate belongs to another department",
-                    )),
-                },
-            },
-        };
-        match verdict {
-            Ok(handled) => {
-                let counter = if handled == Handled::Stored {
-                    &self.stats.stored
-                } else {
-                    &self.stats.duplicates
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(handled)
-            }
-            Err(rejection) => {
-                self.reject(incoming, &rejection).await?;
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Ok(Handled::Rejected(rejection))
-            }
-        }
-    }
-
-    async fn reject(&self, incoming: &IncomingRecord, rejection: &Rejection) -> Result<()> {
-        let record_id = incoming
-            .record
-            .as_ref()
-            .ok()
-            .map(|r| r.envelope.record_id.to_string());
-        let department = incoming
-            .record
-            .as_ref()
-            .ok()
-            .map(|r| r.envelope.department.to_string());
-        tracing::warn!(
-            record_id = record_id.as_deref().unwrap_or("-"),
-            topic = %incoming.topic,
-            partition = incoming.partition,
-            offset = incoming.offset,
-            reason = rejection.reason.code(),
-            field = rejection.field.as_deref().unwrap_or("-"),
-            "record rejected"
-        );
-        self.dead_letters.publish(incoming, rejection).await?;
-        self.store
-            .audit(NewAuditEvent {
-                kind: "ingest_rejected".into(),
-                actor: "broker".into(),
-                department,
-                outcome: "rejected".into(),
-                reason: Some(rejection.reason.code().into()),
-                detail: serde_json::json!({
-                    "record_id": record_id,
-                    "field": rejection.field,
-                    "message": rejection.message,
-                    "topic": incoming.topic,
-                    "partition": incoming.partition,
-                    "offset": incoming.offset,
-                }),
-                ..NewAuditEvent::default()
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Consumes until `shutdown` resolves. A message that cannot be handled (database
-    /// or broker down) is retried with backoff, never skipped.
-    pub async fn run(
-        self,
-        consumer: IngestConsumer,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        tokio::pin!(shutdown);
-        loop {
-            let incoming = tokio::select! {
-                _ = &mut shutdown => break,
-                next = consumer.next() => match next {
-                    Ok(incoming) => incoming,
-                    Err(error) => {
-                        tracing::warn!(%error, "kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                },
-            };
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let attempt = tokio::select! {
-                    _ = &mut shutdown => {
-                        let _ = consumer.commit_now();
-                        return;
-                    }
-                    attempt = self.handle(&incoming) => attempt,
-                };
-                match attempt {
-                    Ok(handled) => {
-                        if let Ok(record) = &incoming.record {
-                            tracing::debug!(record_id = %record.envelope.record_id, outcome = ?std::mem::discriminant(&handled), "record handled");
-                        }
-                        if let Err(error) = consumer.acknowledge(&incoming) {
-                            tracing::warn!(%error, "storing the offset failed; the record may be redelivered");
-                        }
-                        break;
-                    }
-                    Err(error) => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, topic = %incoming.topic, offset = incoming.offset, "ingest failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }
-        if let Err(error) = consumer.commit_now() {
-            tracing::warn!(%error, "final offset commit failed; uncommitted records will be redelivered");
-        }
+        })
     }
 }

@@ -57,7 +57,7 @@ CREATE TABLE records (
 );
 CREATE INDEX records_certificate ON records (certificate_id, issued_at);
 
--- The latest version of each certificate.
+-- The latest version of each certificate; its fields are the current record's.
 CREATE TABLE certificates (
     certificate_id    TEXT PRIMARY KEY,
     record_type       TEXT NOT NULL,
@@ -65,7 +65,6 @@ CREATE TABLE certificates (
     subject_id        TEXT NOT NULL,
     current_record_id TEXT NOT NULL REFERENCES records (record_id),
     issued_at         BIGINT NOT NULL,
-    fields_json       TEXT NOT NULL,
     updated_at        BIGINT NOT NULL
 );
 CREATE INDEX certificates_subject ON certificates (subject_id, record_type);

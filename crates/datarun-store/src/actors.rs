@@ -52,7 +52,7 @@ impl Store {
         let mut random = [0u8; 32];
         crate::fill_random(&mut random);
         let token = token_from_random(&random);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO actors (actor_id, role, department_id, resident_id, display_name, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",

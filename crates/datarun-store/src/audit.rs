@@ -118,11 +118,25 @@ const EVENT_COLUMNS: &str = "seq, occurred_at, kind, actor, department_id, subje
 impl Store {
     /// Appends one event in a transaction of its own.
     pub async fn audit(&self, event: NewAuditEvent) -> Result<AuditEvent> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
         let event = append(&mut tx, place, event).await?;
         tx.commit().await?;
         Ok(event)
+    }
+
+    /// Appends several events in one transaction, in order.
+    pub async fn audit_all(&self, events: Vec<NewAuditEvent>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for event in events {
+            let place = reserve(&mut tx).await?;
+            append(&mut tx, place, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Events matching `filter`, oldest first.

@@ -151,7 +151,7 @@ impl Store {
             expires_at_millis: grant.expires_at_millis,
             granted_at_millis: now,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
         sqlx::query(&format!(
             "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -213,7 +213,7 @@ impl Store {
             .resident_id
             .as_ref()
             .ok_or_else(|| StoreError::Forbidden("only a citizen revokes consent".into()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
         let row = sqlx::query(&format!(
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
@@ -268,7 +268,7 @@ impl Store {
             StoreError::Forbidden("only a caseworker of a department looks up".into())
         })?;
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
         let row = sqlx::query(&format!(
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
@@ -328,8 +328,9 @@ impl Store {
         let outcome = match (decision, consent) {
             (Ok(()), Some(mut consent)) => {
                 let rows = sqlx::query(
-                    "SELECT certificate_id, current_record_id, record_type, department_id, issued_at, fields_json
-                     FROM certificates WHERE subject_id = $1 AND record_type = $2 ORDER BY issued_at",
+                    "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.issued_at, r.fields_json
+                     FROM certificates c JOIN records r ON r.record_id = c.current_record_id
+                     WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.issued_at",
                 )
                 .bind(subject)
                 .bind(record_type.as_str())

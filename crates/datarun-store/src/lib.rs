@@ -2,9 +2,9 @@
 //! embedded default, PostgreSQL the production backend; both run the same queries
 //! (`$n` placeholders, `TEXT`/`BIGINT` columns) through sqlx's `Any` driver.
 //!
-//! Every write that must be audited appends its audit event in the same transaction,
-//! and every such transaction starts by updating the audit head row, which takes the
-//! write lock first on SQLite and serialises chain appends on PostgreSQL.
+//! Every write that must be audited appends its audit event in the same transaction.
+//! Write transactions take SQLite's write lock at once (`BEGIN IMMEDIATE`); auditing
+//! ones start by updating the audit head row, which serialises chain appends on PostgreSQL.
 
 mod actors;
 mod audit;
@@ -185,6 +185,16 @@ impl Store {
             .await?;
         connection.close().await?;
         Ok(())
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails on a snapshot
+    /// that another writer moved; PostgreSQL locks rows as it goes.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,6 +1,7 @@
 //! Accepted records: the history of every version and the latest version of each certificate.
 
 use crate::{integer, now_millis, text, Result, Store};
+use std::collections::HashMap;
 
 /// A record that passed verification and validation, ready to store.
 #[derive(Debug, Clone)]
@@ -35,95 +36,185 @@ pub enum StoreOutcome {
     ForeignCertificate,
 }
 
+/// Rows per multi-row statement: far below SQLite's and PostgreSQL's parameter limits.
+const ROWS_PER_STATEMENT: usize = 200;
+
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", row * columns + c))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
-    /// Stores a record and makes it the certificate's current version, atomically.
+    /// Stores one record; see [`Store::store_records`].
     pub async fn store_record(&self, record: &StoredRecord) -> Result<StoreOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let fields_json = serde_json::Value::Object(record.fields.clone()).to_string();
-        let inserted = sqlx::query(
-            "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 issued_at, signing_key_id, content_digest, signature_hex, fields_json, stored_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (record_id) DO NOTHING",
-        )
-        .bind(&record.record_id)
-        .bind(&record.certificate_id)
-        .bind(&record.record_type)
-        .bind(i64::from(record.schema_version))
-        .bind(&record.department)
-        .bind(&record.subject)
-        .bind(record.issued_at)
-        .bind(&record.signing_key_id)
-        .bind(&record.content_digest)
-        .bind(&record.signature_hex)
-        .bind(&fields_json)
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            let row = sqlx::query("SELECT content_digest FROM records WHERE record_id = $1")
-                .bind(&record.record_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            return Ok(if text(&row, "content_digest")? == record.content_digest {
-                StoreOutcome::Duplicate
+        Ok(self.store_records(std::slice::from_ref(record)).await?[0])
+    }
+
+    /// Stores a batch of records in one transaction, in order, and returns what happened
+    /// to each. Every new record joins the history; the newest version of each
+    /// certificate becomes its current version. A record whose id was seen before is a
+    /// duplicate (same content) or a replay (other content); a version not newer than the
+    /// stored one is stale; a certificate of another department is refused.
+    pub async fn store_records(&self, records: &[StoredRecord]) -> Result<Vec<StoreOutcome>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        // What is already stored, for every record id and certificate in the batch.
+        let mut digests: HashMap<String, String> = HashMap::new();
+        let mut current: HashMap<String, (String, i64)> = HashMap::new();
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT record_id, content_digest FROM records WHERE record_id IN ({list})"
+            );
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query.bind(&record.record_id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                digests.insert(text(&row, "record_id")?, text(&row, "content_digest")?);
+            }
+            let sql = format!(
+                "SELECT certificate_id, department_id, issued_at FROM certificates WHERE certificate_id IN ({list})"
+            );
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query.bind(&record.certificate_id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                current.insert(
+                    text(&row, "certificate_id")?,
+                    (text(&row, "department_id")?, integer(&row, "issued_at")?),
+                );
+            }
+        }
+        // Decide in order, so later records in the batch see earlier ones.
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut accepted: Vec<&StoredRecord> = Vec::new();
+        let mut newest: HashMap<&str, &StoredRecord> = HashMap::new();
+        for record in records {
+            let outcome = if let Some(digest) = digests.get(&record.record_id) {
+                if *digest == record.content_digest {
+                    StoreOutcome::Duplicate
+                } else {
+                    StoreOutcome::Replayed
+                }
             } else {
-                StoreOutcome::Replayed
-            });
-        }
-        let current = sqlx::query(
-            "SELECT department_id, issued_at FROM certificates WHERE certificate_id = $1",
-        )
-        .bind(&record.certificate_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(current) = current {
-            if text(&current, "department_id")? != record.department {
-                tx.rollback().await?;
-                return Ok(StoreOutcome::ForeignCertificate);
+                match current.get(&record.certificate_id) {
+                    Some((department, _)) if *department != record.department => {
+                        StoreOutcome::ForeignCertificate
+                    }
+                    Some((_, issued_at)) if *issued_at >= record.issued_at => StoreOutcome::Stale,
+                    _ => StoreOutcome::Stored,
+                }
+            };
+            if outcome == StoreOutcome::Stored {
+                digests.insert(record.record_id.clone(), record.content_digest.clone());
+                current.insert(
+                    record.certificate_id.clone(),
+                    (record.department.clone(), record.issued_at),
+                );
+                accepted.push(record);
+                newest.insert(&record.certificate_id, record);
             }
-            if integer(&current, "issued_at")? >= record.issued_at {
-                tx.rollback().await?;
-                return Ok(StoreOutcome::Stale);
-            }
+            outcomes.push(outcome);
         }
-        sqlx::query(
-            "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
-                 issued_at, fields_json, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (certificate_id) DO UPDATE SET
-                 record_type = excluded.record_type, subject_id = excluded.subject_id,
-                 current_record_id = excluded.current_record_id, issued_at = excluded.issued_at,
-                 fields_json = excluded.fields_json, updated_at = excluded.updated_at",
-        )
-        .bind(&record.certificate_id)
-        .bind(&record.record_type)
-        .bind(&record.department)
-        .bind(&record.subject)
-        .bind(&record.record_id)
-        .bind(record.issued_at)
-        .bind(&fields_json)
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM certificate_guardians WHERE certificate_id = $1")
-            .bind(&record.certificate_id)
-            .execute(&mut *tx)
-            .await?;
-        for guardian in &record.guardians {
-            sqlx::query(
-                "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id) VALUES ($1, $2, $3)
-                 ON CONFLICT (certificate_id, guardian_id) DO NOTHING",
-            )
-            .bind(&record.certificate_id)
-            .bind(guardian)
-            .bind(&record.subject)
-            .execute(&mut *tx)
-            .await?;
+        let now = now_millis();
+        for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
+                     issued_at, signing_key_id, content_digest, signature_hex, fields_json, stored_at)
+                 VALUES {}",
+                placeholders(chunk.len(), 12)
+            );
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query
+                    .bind(&record.record_id)
+                    .bind(&record.certificate_id)
+                    .bind(&record.record_type)
+                    .bind(i64::from(record.schema_version))
+                    .bind(&record.department)
+                    .bind(&record.subject)
+                    .bind(record.issued_at)
+                    .bind(&record.signing_key_id)
+                    .bind(&record.content_digest)
+                    .bind(&record.signature_hex)
+                    .bind(serde_json::Value::Object(record.fields.clone()).to_string())
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let latest: Vec<&StoredRecord> = newest.into_values().collect();
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
+                     issued_at, updated_at)
+                 VALUES {}
+                 ON CONFLICT (certificate_id) DO UPDATE SET
+                     record_type = excluded.record_type, subject_id = excluded.subject_id,
+                     current_record_id = excluded.current_record_id, issued_at = excluded.issued_at,
+                     updated_at = excluded.updated_at",
+                placeholders(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query
+                    .bind(&record.certificate_id)
+                    .bind(&record.record_type)
+                    .bind(&record.department)
+                    .bind(&record.subject)
+                    .bind(&record.record_id)
+                    .bind(record.issued_at)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("DELETE FROM certificate_guardians WHERE certificate_id IN ({list})");
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query.bind(&record.certificate_id);
+            }
+            query.execute(&mut *tx).await?;
+            let guardians: Vec<(&str, &str, &str)> = chunk
+                .iter()
+                .flat_map(|r| {
+                    let mut unique: Vec<&String> = r.guardians.iter().collect();
+                    unique.sort();
+                    unique.dedup();
+                    unique
+                        .into_iter()
+                        .map(move |g| (r.certificate_id.as_str(), g.as_str(), r.subject.as_str()))
+                })
+                .collect();
+            if !guardians.is_empty() {
+                let sql = format!(
+                    "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id) VALUES {}",
+                    placeholders(guardians.len(), 3)
+                );
+                let mut query = sqlx::query(&sql);
+                for (certificate, guardian, subject) in guardians {
+                    query = query.bind(certificate).bind(guardian).bind(subject);
+                }
+                query.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        Ok(StoreOutcome::Stored)
+        Ok(outcomes)
     }
 
     /// How many record versions and current certificates are stored.
