@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-tansu.sh
 bash scripts/ensure-python.sh
 bash scripts/ensure-postgres.sh
+bash scripts/clean-test-leftovers.sh
 
 bash scripts/check-deps.sh
 

@@ -13,16 +13,7 @@ async fn env_with_three_events() -> TestEnv {
         "440106199001012449",
         "440111197707153974",
     ] {
-        let token = env
-            .token(&[
-                "--role",
-                "citizen",
-                "--resident-id",
-                resident,
-                "--name",
-                "c",
-            ])
-            .await;
+        let token = env.citizen_token(resident).await;
         let grant = json!({
             "subject": resident, "requester_department": "human_resources",
             "record_types": ["health.birth_certificate"], "purpose": "social_insurance_enrolment"

@@ -24,37 +24,10 @@ async fn full_flow(db: Db, broker: Broker) {
     let child = rows[0]["baby_id_no"].clone();
     let mother = rows[0]["mother_id_no"].clone();
     let other_child = rows[1]["baby_id_no"].clone();
-    let mother_token = env
-        .token(&[
-            "--role",
-            "citizen",
-            "--resident-id",
-            &mother,
-            "--name",
-            "mother",
-        ])
-        .await;
-    let caseworker = env
-        .token(&[
-            "--role",
-            "caseworker",
-            "--department",
-            "public_security",
-            "--name",
-            "counter 3",
-        ])
-        .await;
-    let tax_caseworker = env
-        .token(&[
-            "--role",
-            "caseworker",
-            "--department",
-            "tax",
-            "--name",
-            "tax desk",
-        ])
-        .await;
-    let auditor = env.token(&["--role", "auditor", "--name", "auditor"]).await;
+    let mother_token = env.citizen_token(&mother).await;
+    let caseworker = env.caseworker_token("public_security").await;
+    let tax_caseworker = env.caseworker_token("tax").await;
+    let auditor = env.auditor_token().await;
 
     // The parent grants a one-use consent for the child's birth certificate.
     let grant = json!({
@@ -249,26 +222,8 @@ async fn one_use_consent_under_concurrency(db: Db) {
     env.run_connector(&source).await;
     assert_eq!(hub.wait_for_certificates(3).await, 3);
     let child = rows[2]["baby_id_no"].clone();
-    let mother = env
-        .token(&[
-            "--role",
-            "citizen",
-            "--resident-id",
-            &rows[2]["mother_id_no"],
-            "--name",
-            "m",
-        ])
-        .await;
-    let caseworker = env
-        .token(&[
-            "--role",
-            "caseworker",
-            "--department",
-            "public_security",
-            "--name",
-            "c",
-        ])
-        .await;
+    let mother = env.citizen_token(&rows[2]["mother_id_no"]).await;
+    let caseworker = env.caseworker_token("public_security").await;
     let grant = json!({
         "subject": child, "requester_department": "public_security",
         "record_types": ["health.birth_certificate"], "purpose": "household_registration"

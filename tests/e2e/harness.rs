@@ -52,17 +52,15 @@ impl BrokerHandle {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A unique lower-case name for this test run.
+/// A unique lower-case name for this test: `<prefix>_<unix seconds>_<pid>_<n>`.
+/// `scripts/clean-test-leftovers.sh` drops databases and folders older than an hour.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
+    let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+        .as_secs();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}_{seconds}_{}_{n}", std::process::id())
 }
 
 pub fn repo_root() -> PathBuf {
@@ -174,6 +172,35 @@ start_local = false
         let (code, out) = self.cli(&argv).await;
         assert_eq!(code, 0, "{out}");
         out.trim().to_owned()
+    }
+
+    pub async fn citizen_token(&self, resident_id: &str) -> String {
+        self.token(&[
+            "--role",
+            "citizen",
+            "--resident-id",
+            resident_id,
+            "--name",
+            "citizen",
+        ])
+        .await
+    }
+
+    pub async fn caseworker_token(&self, department: &str) -> String {
+        self.token(&[
+            "--role",
+            "caseworker",
+            "--department",
+            department,
+            "--name",
+            "caseworker",
+        ])
+        .await
+    }
+
+    pub async fn auditor_token(&self) -> String {
+        self.token(&["--role", "auditor", "--name", "auditor"])
+            .await
     }
 
     /// Generates `count` sample certificates into the test's folder.

@@ -59,6 +59,15 @@ fn require(caller: &Actor, role: Role) -> Result<(), ApiError> {
     }
 }
 
+/// The caller's resident ID number, when the caller is a citizen.
+fn citizen_id(caller: &Actor) -> Result<&ResidentId, ApiError> {
+    require(caller, Role::Citizen)?;
+    caller
+        .resident_id
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("citizen without ID"))
+}
+
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload
         .map(|Json(value)| value)
@@ -165,11 +174,7 @@ pub async fn list_consents(
     State(state): State<ApiState>,
     Caller(caller): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require(&caller, Role::Citizen)?;
-    let resident = caller
-        .resident_id
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("citizen without ID"))?;
+    let resident = citizen_id(&caller)?;
     let consents = state.store.consents_of(resident).await?;
     Ok(Json(
         json!({ "consents": consents.iter().map(consent_json).collect::<Vec<_>>() }),
@@ -322,11 +327,7 @@ pub async fn my_access_log(
     State(state): State<ApiState>,
     Caller(caller): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require(&caller, Role::Citizen)?;
-    let resident = caller
-        .resident_id
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("citizen without ID"))?;
+    let resident = citizen_id(&caller)?;
     let mut subjects = vec![(resident.as_str().to_owned(), "self")];
     for ward in state.store.wards_of(resident.as_str()).await? {
         subjects.push((ward, "child"));

@@ -33,8 +33,8 @@ pub struct BenchHub {
 pub async fn fresh_hub(backend: Backend, postgres_admin_url: &str) -> anyhow::Result<BenchHub> {
     let name = format!(
         "datarun_bench_{}_{}",
-        std::process::id(),
-        datarun_store::now_millis()
+        datarun_store::now_millis(),
+        std::process::id()
     );
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir)?;

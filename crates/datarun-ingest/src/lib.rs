@@ -125,13 +125,17 @@ impl Ingest {
                 envelope.department.to_string(),
                 envelope.record_type.to_string(),
             );
-            if let std::collections::hash_map::Entry::Vacant(entry) = context.permissions.entry(permission) {
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                context.permissions.entry(permission)
+            {
                 let (department, record_type) = entry.key();
                 let allowed = self.store.may_publish(department, record_type).await?;
                 entry.insert(allowed);
             }
             let schema_key = (envelope.record_type.to_string(), envelope.schema_version);
-            if let std::collections::hash_map::Entry::Vacant(entry) = context.schemas.entry(schema_key) {
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                context.schemas.entry(schema_key)
+            {
                 let (record_type, version) = entry.key();
                 let schema = self.schema(record_type, *version).await?;
                 entry.insert(schema);

@@ -88,6 +88,27 @@ fn consent_from_row(row: &AnyRow) -> Result<Consent> {
 }
 
 impl Store {
+    /// The audit event for a change to `consent` made by `actor`.
+    fn consent_event(
+        &self,
+        kind: &str,
+        actor: &Actor,
+        consent: &Consent,
+        detail: serde_json::Value,
+    ) -> NewAuditEvent {
+        NewAuditEvent {
+            kind: kind.into(),
+            actor: actor.actor_id.clone(),
+            department: Some(consent.requester_department.to_string()),
+            subject_ref: Some(self.pseudonym(&consent.subject)),
+            consent_id: Some(consent.consent_id.clone()),
+            purpose: Some(consent.purpose.to_string()),
+            outcome: "recorded".into(),
+            reason: None,
+            detail,
+        }
+    }
+
     /// Grants a consent on behalf of `grantor` (a citizen): the subject themself, or a
     /// guardian named on one of a minor subject's certificates.
     pub async fn grant_consent(&self, grantor: &Actor, grant: ConsentGrant) -> Result<Consent> {
@@ -174,22 +195,17 @@ impl Store {
         append(
             &mut tx,
             place,
-            NewAuditEvent {
-                kind: "consent_granted".into(),
-                actor: grantor.actor_id.clone(),
-                department: Some(consent.requester_department.to_string()),
-                subject_ref: Some(self.pseudonym(&consent.subject)),
-                consent_id: Some(consent.consent_id.clone()),
-                purpose: Some(consent.purpose.to_string()),
-                outcome: "recorded".into(),
-                reason: None,
-                detail: json!({
+            self.consent_event(
+                "consent_granted",
+                grantor,
+                &consent,
+                json!({
                     "record_types": consent.record_types,
                     "max_uses": consent.max_uses,
                     "expires_at_millis": consent.expires_at_millis,
                     "by_guardian": consent.granted_by != consent.subject,
                 }),
-            },
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -238,17 +254,7 @@ impl Store {
         append(
             &mut tx,
             place,
-            NewAuditEvent {
-                kind: "consent_revoked".into(),
-                actor: citizen.actor_id.clone(),
-                department: Some(consent.requester_department.to_string()),
-                subject_ref: Some(self.pseudonym(&consent.subject)),
-                consent_id: Some(consent.consent_id.clone()),
-                purpose: Some(consent.purpose.to_string()),
-                outcome: "recorded".into(),
-                reason: None,
-                detail: json!({}),
-            },
+            self.consent_event("consent_revoked", citizen, &consent, json!({})),
         )
         .await?;
         tx.commit().await?;
