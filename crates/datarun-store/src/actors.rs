@@ -63,13 +63,13 @@ impl Store {
         .bind(resident_id.map(|r| r.as_str().to_owned()))
         .bind(display_name)
         .bind(now_millis())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query("INSERT INTO tokens (token_hash, actor_id, created_at) VALUES ($1, $2, $3)")
             .bind(TokenHash::of(&token).0)
             .bind(&actor.actor_id)
             .bind(now_millis())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         tx.commit().await?;
         Ok((actor, token))

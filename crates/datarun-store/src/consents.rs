@@ -190,7 +190,7 @@ impl Store {
         .bind(consent.status.as_str())
         .bind(consent.expires_at_millis)
         .bind(consent.granted_at_millis)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         append(
             &mut tx,
@@ -235,7 +235,7 @@ impl Store {
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
         ))
         .bind(consent_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let mut consent = match row {
             Some(row) => consent_from_row(&row)?,
@@ -249,7 +249,7 @@ impl Store {
         )
         .bind(now_millis())
         .bind(consent_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         append(
             &mut tx,
@@ -280,7 +280,7 @@ impl Store {
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
         ))
         .bind(consent_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let consent = row.as_ref().map(consent_from_row).transpose()?;
         let request = LookupRequest {
@@ -302,7 +302,7 @@ impl Store {
                     "UPDATE consents SET uses = uses + 1 WHERE consent_id = $1 AND uses < max_uses AND status = 'active'",
                 )
                 .bind(consent_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 if used.rows_affected() == 1 {
                     Ok(())
@@ -340,7 +340,7 @@ impl Store {
                 )
                 .bind(subject)
                 .bind(record_type.as_str())
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await?;
                 let mut certificates = Vec::with_capacity(rows.len());
                 for row in &rows {

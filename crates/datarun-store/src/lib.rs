@@ -70,6 +70,31 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     }
 }
 
+/// A write transaction; on SQLite it also holds this process's writer lock until it ends.
+pub(crate) struct WriteTransaction {
+    transaction: sqlx::Transaction<'static, sqlx::Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    pub(crate) async fn commit(self) -> Result<()> {
+        Ok(self.transaction.commit().await?)
+    }
+}
+
+impl std::ops::Deref for WriteTransaction {
+    type Target = sqlx::Transaction<'static, sqlx::Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.transaction
+    }
+}
+
+impl std::ops::DerefMut for WriteTransaction {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.transaction
+    }
+}
+
 /// Which SQL engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -84,6 +109,8 @@ pub struct Store {
     backend: Backend,
     /// Key for the keyed hashes (pseudonyms) of personal identifiers in the audit log.
     pseudonym_key: std::sync::Arc<Vec<u8>>,
+    /// Serialises this process's SQLite writers (see `begin_write`).
+    sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Unix milliseconds now.
@@ -164,6 +191,7 @@ impl Store {
             pool,
             backend,
             pseudonym_key: std::sync::Arc::new(pseudonym_key),
+            sqlite_writer: std::sync::Arc::default(),
         })
     }
 
@@ -187,13 +215,25 @@ impl Store {
         Ok(())
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails on a snapshot
-    /// that another writer moved; PostgreSQL locks rows as it goes.
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    /// Begins a transaction that will write. On SQLite, whose writers are one at a
+    /// time anyway, writers of this process queue in order on an in-process lock rather
+    /// than in SQLite's sleeping busy handler, then take the database lock at once
+    /// (`BEGIN IMMEDIATE`) so a read-then-write transaction never fails on a moved
+    /// snapshot. PostgreSQL locks rows as it goes.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTransaction> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let guard = self.sqlite_writer.clone().lock_owned().await;
+                let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                WriteTransaction {
+                    transaction,
+                    _writer: Some(guard),
+                }
+            }
+            Backend::Postgres => WriteTransaction {
+                transaction: self.pool.begin().await?,
+                _writer: None,
+            },
         })
     }
 

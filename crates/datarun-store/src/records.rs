@@ -82,7 +82,7 @@ impl Store {
             for record in chunk {
                 query = query.bind(&record.record_id);
             }
-            for row in query.fetch_all(&mut *tx).await? {
+            for row in query.fetch_all(&mut **tx).await? {
                 digests.insert(text(&row, "record_id")?, text(&row, "content_digest")?);
             }
             let sql = format!(
@@ -92,7 +92,7 @@ impl Store {
             for record in chunk {
                 query = query.bind(&record.certificate_id);
             }
-            for row in query.fetch_all(&mut *tx).await? {
+            for row in query.fetch_all(&mut **tx).await? {
                 current.insert(
                     text(&row, "certificate_id")?,
                     (text(&row, "department_id")?, integer(&row, "issued_at")?),
@@ -154,7 +154,7 @@ impl Store {
                     .bind(serde_json::Value::Object(record.fields.clone()).to_string())
                     .bind(now);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
         let latest: Vec<&StoredRecord> = newest.into_values().collect();
         for chunk in latest.chunks(ROWS_PER_STATEMENT) {
@@ -179,7 +179,7 @@ impl Store {
                     .bind(record.issued_at)
                     .bind(now);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
             let list = (1..=chunk.len())
                 .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
@@ -189,7 +189,7 @@ impl Store {
             for record in chunk {
                 query = query.bind(&record.certificate_id);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
             let guardians: Vec<(&str, &str, &str)> = chunk
                 .iter()
                 .flat_map(|r| {
@@ -210,7 +210,7 @@ impl Store {
                 for (certificate, guardian, subject) in guardians {
                     query = query.bind(certificate).bind(guardian).bind(subject);
                 }
-                query.execute(&mut *tx).await?;
+                query.execute(&mut **tx).await?;
             }
         }
         tx.commit().await?;
