@@ -178,7 +178,7 @@ impl Config {
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
             .context("creating the secrets folder")?;
         let mut key = vec![0u8; 32];
-        datarun_store::fill_random(&mut key);
+        datarun_store::fill_random(&mut key)?;
         std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
         Ok(key)
     }

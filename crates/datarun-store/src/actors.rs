@@ -43,14 +43,14 @@ impl Store {
             }
         }
         let actor = Actor {
-            actor_id: random_id(role.as_str()),
+            actor_id: random_id(role.as_str())?,
             role,
             department: department.cloned(),
             resident_id: resident_id.cloned(),
             display_name: display_name.to_owned(),
         };
         let mut random = [0u8; 32];
-        crate::fill_random(&mut random);
+        crate::fill_random(&mut random)?;
         let token = token_from_random(&random);
         let mut tx = self.begin_write().await?;
         sqlx::query(

@@ -5,6 +5,7 @@
 use crate::audit::{append, reserve, NewAuditEvent};
 use crate::{
     integer, now_millis, optional_text, random_id, text, Actor, Result, Store, StoreError,
+    WriteTransaction,
 };
 use datarun_domain::consent::{MAX_CONSENT_MILLIS, MAX_CONSENT_USES};
 use datarun_domain::date::CivilDate;
@@ -87,6 +88,17 @@ fn consent_from_row(row: &AnyRow) -> Result<Consent> {
     })
 }
 
+/// Reads a consent inside a write transaction.
+async fn load_consent(tx: &mut WriteTransaction, consent_id: &str) -> Result<Option<Consent>> {
+    let row = sqlx::query(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
+    ))
+    .bind(consent_id)
+    .fetch_optional(&mut ***tx)
+    .await?;
+    row.as_ref().map(consent_from_row).transpose()
+}
+
 impl Store {
     /// The audit event for a change to `consent` made by `actor`.
     fn consent_event(
@@ -158,7 +170,7 @@ impl Store {
             }
         }
         let consent = Consent {
-            consent_id: random_id("consent"),
+            consent_id: random_id("consent")?,
             subject: grant.subject.as_str().to_owned(),
             granted_by: grantor_id.as_str().to_owned(),
             requester_department: grant.requester_department,
@@ -231,15 +243,8 @@ impl Store {
             .ok_or_else(|| StoreError::Forbidden("only a citizen revokes consent".into()))?;
         let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
-        let row = sqlx::query(&format!(
-            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
-        ))
-        .bind(consent_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let mut consent = match row {
-            Some(row) => consent_from_row(&row)?,
-            None => return Err(StoreError::NotFound("consent".into())),
+        let Some(mut consent) = load_consent(&mut tx, consent_id).await? else {
+            return Err(StoreError::NotFound("consent".into()));
         };
         if consent.granted_by != resident.as_str() && consent.subject != resident.as_str() {
             return Err(StoreError::NotFound("consent".into()));
@@ -276,13 +281,7 @@ impl Store {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
-        let row = sqlx::query(&format!(
-            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
-        ))
-        .bind(consent_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let consent = row.as_ref().map(consent_from_row).transpose()?;
+        let consent = load_consent(&mut tx, consent_id).await?;
         let request = LookupRequest {
             caseworker: &caseworker.actor_id,
             department,

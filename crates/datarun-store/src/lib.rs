@@ -40,6 +40,8 @@ pub enum StoreError {
     Forbidden(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("system failure: {0}")]
+    System(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -122,18 +124,18 @@ pub fn now_millis() -> i64 {
 }
 
 /// A fresh random id, 16 bytes in hex, with a prefix saying what it names.
-pub fn random_id(prefix: &str) -> String {
+pub fn random_id(prefix: &str) -> Result<String> {
     let mut bytes = [0u8; 16];
-    fill_random(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
+    fill_random(&mut bytes)?;
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
 }
 
-pub fn fill_random(bytes: &mut [u8]) {
+/// Fills `bytes` from the operating system's secure random source.
+pub fn fill_random(bytes: &mut [u8]) -> Result<()> {
     use ring::rand::SecureRandom;
-    // SystemRandom fails only when the OS has no randomness at all; there is no safe way on.
     ring::rand::SystemRandom::new()
         .fill(bytes)
-        .expect("the operating system provides randomness");
+        .map_err(|_| StoreError::System("the operating system provided no randomness".into()))
 }
 
 impl Store {
