@@ -1,3 +1,4 @@
+mod api_errors;
 mod audit;
 mod connector;
 mod flow;

@@ -229,14 +229,6 @@ impl Ingest {
         Ok(handled)
     }
 
-    /// Handles one message; see [`Ingest::handle_batch`].
-    pub async fn handle(&self, incoming: &IncomingRecord) -> Result<Handled> {
-        let mut handled = self.handle_batch(Arc::new(vec![incoming.clone()])).await?;
-        handled
-            .pop()
-            .ok_or_else(|| IngestError::Worker("empty batch result".into()))
-    }
-
     /// Dead-letters every rejected record, then audits them all in one transaction.
     async fn reject_all(&self, rejections: &[(&IncomingRecord, Rejection)]) -> Result<()> {
         let mut events = Vec::with_capacity(rejections.len());

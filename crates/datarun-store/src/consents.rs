@@ -381,14 +381,4 @@ impl Store {
         tx.commit().await?;
         Ok(outcome)
     }
-
-    pub async fn consent(&self, consent_id: &str) -> Result<Option<Consent>> {
-        let row = sqlx::query(&format!(
-            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
-        ))
-        .bind(consent_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(consent_from_row).transpose()
-    }
 }

@@ -52,11 +52,6 @@ fn placeholders(rows: usize, columns: usize) -> String {
 }
 
 impl Store {
-    /// Stores one record; see [`Store::store_records`].
-    pub async fn store_record(&self, record: &StoredRecord) -> Result<StoreOutcome> {
-        Ok(self.store_records(std::slice::from_ref(record)).await?[0])
-    }
-
     /// Stores a batch of records in one transaction, in order, and returns what happened
     /// to each. Every new record joins the history; the newest version of each
     /// certificate becomes its current version. A record whose id was seen before is a
