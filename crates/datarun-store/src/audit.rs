@@ -45,6 +45,29 @@ pub(crate) async fn reserve(tx: &mut Transaction<'static, Any>) -> Result<(i64, 
     Ok((integer(&row, "seq")?, text(&row, "hash")?))
 }
 
+/// Locks the chain head for a run of appends and returns it as (seq, hash). Must be the
+/// first statement of its transaction; finish with [`set_head`].
+pub(crate) async fn lock_head(tx: &mut Transaction<'static, Any>) -> Result<(i64, String)> {
+    let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((integer(&row, "seq")?, text(&row, "hash")?))
+}
+
+/// Moves the chain head to the last appended event.
+pub(crate) async fn set_head(
+    tx: &mut Transaction<'static, Any>,
+    seq: i64,
+    hash: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Appends `event` at the place `reserve` returned.
 pub(crate) async fn append(
     tx: &mut Transaction<'static, Any>,
@@ -52,6 +75,18 @@ pub(crate) async fn append(
     event: NewAuditEvent,
 ) -> Result<AuditEvent> {
     let (seq, prev_hash) = place;
+    let event = insert_event(tx, seq, &prev_hash, event).await?;
+    set_head(tx, event.seq, &event.hash).await?;
+    Ok(event)
+}
+
+/// Writes `event` as number `seq` after `prev_hash`, without moving the head.
+pub(crate) async fn insert_event(
+    tx: &mut Transaction<'static, Any>,
+    seq: i64,
+    prev_hash: &str,
+    event: NewAuditEvent,
+) -> Result<AuditEvent> {
     let event = AuditEvent {
         seq,
         occurred_at_millis: now_millis(),
@@ -67,7 +102,7 @@ pub(crate) async fn append(
         prev_hash: String::new(),
         hash: String::new(),
     }
-    .chain_after(seq, &prev_hash);
+    .chain_after(seq, prev_hash);
     sqlx::query(
         "INSERT INTO audit_events (seq, occurred_at, kind, actor, department_id, subject_ref, consent_id,
              purpose_code, outcome, reason, detail_json, prev_hash, hash)
@@ -88,10 +123,6 @@ pub(crate) async fn append(
     .bind(&event.hash)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&event.hash)
-        .execute(&mut **tx)
-        .await?;
     Ok(event)
 }
 

@@ -2,7 +2,7 @@
 //! certificates and appends its audit event in one transaction, so concurrent uses of
 //! a one-use consent cannot both succeed and no access goes unaudited.
 
-use crate::audit::{append, reserve, NewAuditEvent};
+use crate::audit::{append, insert_event, lock_head, reserve, set_head, NewAuditEvent};
 use crate::{
     integer, now_millis, optional_text, random_id, text, Actor, Result, Store, StoreError,
     WriteTransaction,
@@ -10,8 +10,8 @@ use crate::{
 use datarun_domain::consent::{MAX_CONSENT_MILLIS, MAX_CONSENT_USES};
 use datarun_domain::date::CivilDate;
 use datarun_domain::{
-    Consent, ConsentStatus, DepartmentId, LookupRefusal, LookupRequest, PurposeCode, RecordType,
-    ResidentId,
+    AuditEvent, Consent, ConsentStatus, DepartmentId, LookupRefusal, LookupRequest, PurposeCode,
+    RecordType, ResidentId,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -267,7 +267,11 @@ impl Store {
         Ok(consent)
     }
 
-    /// A caseworker's lookup of `subject`'s certificates of `record_type` under `consent_id`.
+    /// A caseworker's lookup of `subject`'s certificates of `record_type` under
+    /// `consent_id`. Lookups queue for one worker that runs whatever has queued (up to
+    /// `LOOKUPS_PER_TRANSACTION`) in one transaction, in order: each is decided, counted
+    /// and audited as if alone, and they commit together, so a one-use consent still
+    /// serves exactly one of them and the chain head is written once per transaction.
     pub async fn lookup(
         &self,
         caseworker: &Actor,
@@ -275,13 +279,93 @@ impl Store {
         subject: &str,
         record_type: &RecordType,
     ) -> Result<LookupOutcome> {
+        if caseworker.department.is_none() {
+            return Err(StoreError::Forbidden(
+                "only a caseworker of a department looks up".into(),
+            ));
+        }
+        let queue = self.lookup_queue.get_or_init(|| {
+            let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(self.clone().run_lookups(receiver));
+            sender
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = LookupJob {
+            caseworker: caseworker.clone(),
+            consent_id: consent_id.to_owned(),
+            subject: subject.to_owned(),
+            record_type: record_type.clone(),
+            reply,
+        };
+        let stopped = || StoreError::System("the lookup worker stopped".into());
+        queue.send(job).await.map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(StoreError::System)
+    }
+
+    async fn run_lookups(self, mut receiver: tokio::sync::mpsc::Receiver<LookupJob>) {
+        while let Some(first) = receiver.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < LOOKUPS_PER_TRANSACTION {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            match self.lookup_batch(&jobs).await {
+                Ok(outcomes) => {
+                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, lookups = jobs.len(), "lookup transaction failed; nothing was released");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(error.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lookup_batch(&self, jobs: &[LookupJob]) -> Result<Vec<LookupOutcome>> {
+        let mut tx = self.begin_write().await?;
+        let (mut seq, mut hash) = lock_head(&mut tx).await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (outcome, event) = self.lookup_in(&mut tx, job, seq + 1, &hash).await?;
+            seq = event.seq;
+            hash = event.hash;
+            outcomes.push(outcome);
+        }
+        set_head(&mut tx, seq, &hash).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// One lookup inside the batch's transaction, audited as event `seq` after `prev_hash`.
+    async fn lookup_in(
+        &self,
+        tx: &mut WriteTransaction,
+        job: &LookupJob,
+        seq: i64,
+        prev_hash: &str,
+    ) -> Result<(LookupOutcome, AuditEvent)> {
+        let LookupJob {
+            caseworker,
+            consent_id,
+            subject,
+            record_type,
+            ..
+        } = job;
+        let (consent_id, subject) = (consent_id.as_str(), subject.as_str());
         let department = caseworker.department.as_ref().ok_or_else(|| {
             StoreError::Forbidden("only a caseworker of a department looks up".into())
         })?;
         let now = now_millis();
-        let mut tx = self.begin_write().await?;
-        let place = reserve(&mut tx).await?;
-        let consent = load_consent(&mut tx, consent_id).await?;
+        let consent = load_consent(tx, consent_id).await?;
         let request = LookupRequest {
             caseworker: &caseworker.actor_id,
             department,
@@ -301,7 +385,7 @@ impl Store {
                     "UPDATE consents SET uses = uses + 1 WHERE consent_id = $1 AND uses < max_uses AND status = 'active'",
                 )
                 .bind(consent_id)
-                .execute(&mut **tx)
+                .execute(&mut ***tx)
                 .await?;
                 if used.rows_affected() == 1 {
                     Ok(())
@@ -339,7 +423,7 @@ impl Store {
                 )
                 .bind(subject)
                 .bind(record_type.as_str())
-                .fetch_all(&mut **tx)
+                .fetch_all(&mut ***tx)
                 .await?;
                 let mut certificates = Vec::with_capacity(rows.len());
                 for row in &rows {
@@ -359,26 +443,40 @@ impl Store {
                     "record_type": record_type,
                     "certificate_ids": certificates.iter().map(|c| &c.certificate_id).collect::<Vec<_>>(),
                 });
-                let audited = append(&mut tx, place, event).await?;
+                let audited = insert_event(tx, seq, prev_hash, event).await?;
                 consent.uses += 1;
-                LookupOutcome::Allowed {
+                let outcome = LookupOutcome::Allowed {
                     consent: Box::new(consent),
                     certificates,
                     audit_seq: audited.seq,
-                }
+                };
+                (outcome, audited)
             }
             (decision, _) => {
                 let refusal = decision.err().unwrap_or(LookupRefusal::ConsentNotFound);
                 event.outcome = "refused".into();
                 event.reason = Some(refusal.code().into());
-                let audited = append(&mut tx, place, event).await?;
-                LookupOutcome::Refused {
+                let audited = insert_event(tx, seq, prev_hash, event).await?;
+                let outcome = LookupOutcome::Refused {
                     refusal,
                     audit_seq: audited.seq,
-                }
+                };
+                (outcome, audited)
             }
         };
-        tx.commit().await?;
         Ok(outcome)
     }
+}
+
+/// The most lookups one transaction serves.
+const LOOKUPS_PER_TRANSACTION: usize = 64;
+
+/// A queued lookup and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct LookupJob {
+    caseworker: Actor,
+    consent_id: String,
+    subject: String,
+    record_type: RecordType,
+    reply: tokio::sync::oneshot::Sender<std::result::Result<LookupOutcome, String>>,
 }

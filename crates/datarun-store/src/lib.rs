@@ -113,6 +113,9 @@ pub struct Store {
     pseudonym_key: std::sync::Arc<Vec<u8>>,
     /// Serialises this process's SQLite writers (see `begin_write`).
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The queue of the lookup worker, started on the first lookup.
+    lookup_queue:
+        std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<consents::LookupJob>>>,
 }
 
 /// Unix milliseconds now.
@@ -194,6 +197,7 @@ impl Store {
             backend,
             pseudonym_key: std::sync::Arc::new(pseudonym_key),
             sqlite_writer: std::sync::Arc::default(),
+            lookup_queue: std::sync::Arc::default(),
         })
     }
 
