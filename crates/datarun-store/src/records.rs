@@ -39,6 +39,14 @@ pub enum StoreOutcome {
 /// Rows per multi-row statement: far below SQLite's and PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 200;
 
+/// `$1, $2, …, $n`, for an `IN (…)` list.
+fn parameter_list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn placeholders(rows: usize, columns: usize) -> String {
     (0..rows)
         .map(|row| {
@@ -66,10 +74,7 @@ impl Store {
         let mut digests: HashMap<String, String> = HashMap::new();
         let mut current: HashMap<String, (String, i64)> = HashMap::new();
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = parameter_list(chunk.len());
             let sql = format!(
                 "SELECT record_id, content_digest FROM records WHERE record_id IN ({list})"
             );
@@ -175,10 +180,7 @@ impl Store {
                     .bind(now);
             }
             query.execute(&mut **tx).await?;
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = parameter_list(chunk.len());
             let sql = format!("DELETE FROM certificate_guardians WHERE certificate_id IN ({list})");
             let mut query = sqlx::query(&sql);
             for record in chunk {
