@@ -15,5 +15,16 @@ if command -v psql >/dev/null; then
       fi
     done
 fi
+# The fault suite's private PostgreSQL servers (datarun_pg_…), if a killed run left one up.
+for data in "${TMPDIR:-/tmp}"/datarun_pg_*/data; do
+  if [ -f "$data/postmaster.pid" ] && [ -n "$(find "$data/.." -maxdepth 0 -mmin +60)" ]; then
+    bindir=$(pg_config --bindir 2>/dev/null) || continue
+    if [ "$(id -u)" = 0 ]; then
+      runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+    else
+      "$bindir/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+  fi
+done
 find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'datarun_*' -mmin +60 -exec rm -rf {} + 2>/dev/null
 exit 0

@@ -3,7 +3,7 @@
 //! against librdkafka's mock cluster or a real `tansu` broker process.
 
 use datarun_cli::config::Config;
-use datarun_kafka::broker::{MockKafka, TansuBroker};
+use datarun_kafka::broker::{MockKafka, TansuBroker, TansuStorage};
 use datarun_kafka::KafkaSettings;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,7 +20,12 @@ pub enum Db {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broker {
     Mock,
+    /// A tansu process storing its log in SQLite (durable across a broker crash).
     Tansu,
+    /// A tansu process keeping its log in memory (for 100,000-record backlogs; the fault
+    /// suite, which shares this harness, uses it).
+    #[allow(dead_code)]
+    TansuInMemory,
 }
 
 pub enum BrokerHandle {
@@ -32,10 +37,15 @@ impl BrokerHandle {
     pub fn start(kind: Broker, dir: &Path) -> Self {
         match kind {
             Broker::Mock => BrokerHandle::Mock(MockKafka::start().expect("mock cluster")),
-            Broker::Tansu => {
+            Broker::Tansu | Broker::TansuInMemory => {
                 let port = datarun_kafka::broker::free_port().expect("free port");
+                let storage = if kind == Broker::Tansu {
+                    TansuStorage::Sqlite
+                } else {
+                    TansuStorage::Memory
+                };
                 BrokerHandle::Tansu(
-                    TansuBroker::start(&dir.join("kafka"), port)
+                    TansuBroker::start_with(&dir.join("kafka"), port, storage)
                         .expect("tansu broker (scripts/install-tansu.sh)"),
                 )
             }
@@ -85,6 +95,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new(db: Db, broker: Broker) -> Self {
+        Self::on_postgres(db, broker, &postgres_admin_url()).await
+    }
+
+    /// Like [`TestEnv::new`], with PostgreSQL databases created through `postgres_admin`.
+    pub async fn on_postgres(db: Db, broker: Broker, postgres_admin: &str) -> Self {
         let name = unique("datarun");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -92,11 +107,10 @@ impl TestEnv {
         let database_url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.join("datarun.db").display()),
             Db::Postgres => {
-                datarun_store::Store::create_postgres_database(&postgres_admin_url(), &name)
+                datarun_store::Store::create_postgres_database(postgres_admin, &name)
                     .await
                     .expect("PostgreSQL on 127.0.0.1:5432 (scripts/test.sh starts it)");
-                let admin = postgres_admin_url();
-                let base = admin.rsplit_once('/').unwrap().0;
+                let base = postgres_admin.rsplit_once('/').unwrap().0;
                 format!("{base}/{name}")
             }
         };
@@ -211,8 +225,9 @@ start_local = false
         (path, rows)
     }
 
-    /// Opens the store, registers the reference world and starts the hub.
-    pub async fn start(&self) -> TestHub {
+    /// Opens (and migrates) the store, registers the reference world and creates the
+    /// topics, as `datarun up` does before it starts the hub.
+    pub async fn prepare(&self) -> datarun_store::Store {
         let store = datarun_cli::app::open_store(&self.config).await.unwrap();
         datarun_cli::setup::reference_world(
             &store,
@@ -221,6 +236,22 @@ start_local = false
         )
         .await
         .unwrap();
+        if self.config.kafka.create_topics {
+            let kafka = self.kafka();
+            let topics = [
+                kafka.records_topic("health.birth_certificate"),
+                kafka.dead_letter_topic(),
+            ];
+            datarun_kafka::ensure_topics(&kafka, &topics, self.config.kafka.partitions)
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    /// Opens the store, registers the reference world and starts the hub.
+    pub async fn start(&self) -> TestHub {
+        let store = self.prepare().await;
         let running = datarun_cli::app::start(&self.config, store).await.unwrap();
         TestHub {
             base: format!("http://{}", running.http_addr),
@@ -346,4 +377,30 @@ pub async fn dead_letters(
             return letters;
         }
     }
+}
+
+/// Runs one of `tests/python/*.py` with a JSON job on stdin; panics with its stderr if it
+/// fails, returns its stdout.
+pub fn run_python(script: &str, job: &Value) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python").join(script))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/ensure-python.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

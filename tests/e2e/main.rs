@@ -3,5 +3,6 @@ mod audit;
 mod connector;
 mod flow;
 mod harness;
+mod poison;
 mod rejections;
 mod store;

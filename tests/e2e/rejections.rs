@@ -1,7 +1,7 @@
 //! Bad input: every forged, unauthorised, malformed or replayed record lands in the
 //! dead-letter topic with its reason code and field, is audited, and is not stored.
 
-use crate::harness::{dead_letters, repo_root, Broker, Db, TestEnv};
+use crate::harness::{dead_letters, repo_root, run_python, Broker, Db, TestEnv};
 use datarun_connector::Connector;
 use datarun_domain::{DepartmentId, KeyId, RecordId, SignedRecord};
 use datarun_kafka::RecordPublisher;
@@ -26,7 +26,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
     let store = &hub.running.store;
     let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
     let health_key =
-        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&std::fs::read(env.health_key_file()).unwrap())
+        datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
             .unwrap();
     let rows = datarun_connector::sample::birth_certificates(3, 5);
     let first = connector.sign_row(&rows[0], &health_key).unwrap();
@@ -50,22 +50,44 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         )
         .await
         .unwrap();
-    // A health key revoked long ago.
-    let old_key = Ed25519KeyPair::from_seed_unchecked(&[8; 32]).unwrap();
-    let old_key_id = KeyId::parse("health-2019").unwrap();
+    let id = |text: &str| RecordId::parse(text).unwrap();
+    // A health key revoked a minute ago, one that expired, and one not valid until next year.
+    let now = datarun_store::now_millis();
+    let health = DepartmentId::parse("health").unwrap();
+    let mut health_keys = Vec::new();
+    for (seed, key_id, not_before, not_after) in [
+        (8u8, "health-2019", 0, None),
+        (9, "health-2020", 0, Some(now - 1_000)),
+        (10, "health-2030", now + 365 * 86_400_000, None),
+    ] {
+        let key = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let key_id = KeyId::parse(key_id).unwrap();
+        store
+            .add_signing_key(
+                &health,
+                &key_id,
+                key.public_key().as_ref(),
+                not_before,
+                not_after,
+            )
+            .await
+            .unwrap();
+        health_keys.push((key, key_id));
+    }
     store
-        .add_signing_key(
-            &DepartmentId::parse("health").unwrap(),
-            &old_key_id,
-            old_key.public_key().as_ref(),
-            0,
-            None,
-        )
+        .revoke_signing_key(&health_keys[0].1, now - 60_000)
         .await
         .unwrap();
-    store.revoke_signing_key(&old_key_id, 1_000).await.unwrap();
+    let signed_by = |index: usize, record_id: &str, signed_at: i64| {
+        let (key, key_id) = &health_keys[index];
+        resign(&second, key, |r| {
+            r.envelope.record_id = id(record_id);
+            r.envelope.signing_key_id = key_id.clone();
+            r.envelope.signed_at_millis = signed_at;
+        })
+    };
+    const YEAR: i64 = 365 * 86_400_000;
 
-    let id = |text: &str| RecordId::parse(text).unwrap();
     let mut bad_child = rows[2].clone();
     let original = bad_child["baby_id_no"].clone();
     let wrong_check = if original.ends_with('0') { '1' } else { '0' };
@@ -79,13 +101,13 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         (
             "unknown_key",
             resign(&second, &health_key, |r| {
-                r.envelope.record_id = id("r-unknown-key");
+                r.envelope.record_id = id("health-unknown-key");
                 r.envelope.signing_key_id = KeyId::parse("nobody-1").unwrap();
             }),
         ),
         ("signature_invalid", {
             let mut forged = resign(&second, &health_key, |r| {
-                r.envelope.record_id = id("r-forged")
+                r.envelope.record_id = id("health-forged")
             });
             forged.payload[10] ^= 0x01;
             forged
@@ -93,42 +115,54 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         (
             "publisher_not_allowed",
             resign(&second, &tax_key, |r| {
-                r.envelope.record_id = id("r-tax");
+                r.envelope.record_id = id("tax-r1");
                 r.envelope.department = DepartmentId::parse("tax").unwrap();
                 r.envelope.signing_key_id = KeyId::parse("tax-2026").unwrap();
             }),
         ),
+        // Signed today with the revoked key, and the same back-dated to 2013: both refused.
+        ("key_revoked", signed_by(0, "health-revoked-now", now)),
         (
-            "key_not_valid",
-            resign(&second, &old_key, |r| {
-                r.envelope.record_id = id("r-old-key");
-                r.envelope.signing_key_id = old_key_id.clone();
+            "key_revoked",
+            signed_by(0, "health-revoked-backdated", now - 13 * YEAR),
+        ),
+        (
+            "key_expired",
+            signed_by(1, "health-expired-backdated", now - 2 * YEAR),
+        ),
+        ("key_not_yet_valid", signed_by(2, "health-too-early", now)),
+        // Ten years ahead: refused, so it cannot block the certificate's corrections.
+        (
+            "signed_in_future",
+            resign(&second, &health_key, |r| {
+                r.envelope.record_id = id("health-future");
+                r.envelope.signed_at_millis = now + 10 * YEAR;
             }),
         ),
         (
             "schema_unknown",
             resign(&second, &health_key, |r| {
-                r.envelope.record_id = id("r-v9");
+                r.envelope.record_id = id("health-v9");
                 r.envelope.schema_version = 9;
             }),
         ),
         (
             "schema_invalid",
             resign(&second, &health_key, |r| {
-                r.envelope.record_id = id("r-garbage");
+                r.envelope.record_id = id("health-garbage");
                 r.payload = b"this is not avro".to_vec();
             }),
         ),
         (
             "identifier_invalid",
             resign(&bad_identifier, &health_key, |r| {
-                r.envelope.record_id = id("r-bad-id")
+                r.envelope.record_id = id("health-bad-id")
             }),
         ),
         (
             "subject_mismatch",
             resign(&second, &health_key, |r| {
-                r.envelope.record_id = id("r-mismatch");
+                r.envelope.record_id = id("health-mismatch");
                 r.envelope.subject = rows[0]["baby_id_no"].clone();
             }),
         ),
@@ -141,8 +175,8 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         (
             "stale_version",
             resign(&first, &health_key, |r| {
-                r.envelope.record_id = id("r-stale");
-                r.envelope.issued_at_millis -= 86_400_000;
+                r.envelope.record_id = id("health-stale");
+                r.envelope.signed_at_millis -= 86_400_000;
             }),
         ),
     ];
@@ -173,8 +207,73 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         "the field path names the bad field"
     );
 
-    // Nothing but the genuine record was stored, and every rejection was audited.
-    assert_eq!(store.record_counts().await.unwrap(), (1, 1));
+    // The record signed ten years ahead did not block the certificate: a genuine
+    // correction signed now is stored as its newest version.
+    let mut correction_row = rows[1].clone();
+    correction_row.insert("baby_name".into(), "更正 Corrected".into());
+    let correction = connector.sign_row(&correction_row, &health_key).unwrap();
+    publisher.publish(&correction).await.unwrap();
+    assert_eq!(hub.wait_for_certificates(2).await, 2);
+
+    // Operators see every rejection, without payload values, from the CLI and HTTP.
+    let (code, listing) = env.cli(&["rejects", "list", "--json"]).await;
+    assert_eq!(code, 0, "{listing}");
+    let listed: Vec<serde_json::Value> = listing
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(listed.len(), cases.len(), "{listing}");
+    for entry in &listed {
+        assert!(entry["dead_letter_form"].is_string(), "{entry}");
+    }
+    let (code, revoked) = env
+        .cli(&[
+            "rejects",
+            "list",
+            "--reason",
+            "key_revoked",
+            "--since",
+            "1h",
+        ])
+        .await;
+    assert_eq!(code, 0);
+    assert!(revoked.contains("2 rejections"), "{revoked}");
+    assert!(revoked.contains("health-revoked-backdated"), "{revoked}");
+    let operator = env.token(&["--role", "operator", "--name", "ops"]).await;
+    let (status, body) = hub
+        .get("/v1/operator/rejections?reason=signed_in_future", &operator)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rejections"][0]["record_id"], "health-future");
+    assert_eq!(body["rejections"][0]["verified"], true);
+    let (status, body) = hub
+        .get("/v1/operator/rejections?reason=nonsense", &operator)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let caseworker = env.caseworker_token("health").await;
+    let (status, _) = hub.get("/v1/operator/rejections", &caseworker).await;
+    assert_eq!(status, 403);
+    // No personal identifier or payload value reaches a rejection message.
+    let all_text = format!("{listing}{revoked}");
+    for row in &rows {
+        for column in [
+            "baby_id_no",
+            "mother_id_no",
+            "father_id_no",
+            "birth_date",
+            "baby_name",
+            "mother_name",
+        ] {
+            let value = row[column].as_str();
+            assert!(
+                value.is_empty() || !all_text.contains(value),
+                "{column} leaked"
+            );
+        }
+    }
+
+    // Nothing but the genuine records was stored, and every rejection was audited.
+    assert_eq!(store.record_counts().await.unwrap(), (2, 2));
     assert_eq!(
         hub.running
             .ingest_stats
@@ -223,36 +322,17 @@ async fn third_party_client_records_are_verified_byte_for_byte() {
         "seed_hex": hex::encode(seed),
         "payload_hex": hex::encode(&template.payload),
         "envelope": {
-            "record_id": "py-record",
+            "record_id": "health-py-record",
             "department": "health",
             "record_type": "health.birth_certificate",
             "schema_version": 1,
             "subject": template.envelope.subject,
-            "issued_at_millis": template.envelope.issued_at_millis,
+            "signed_at_millis": template.envelope.signed_at_millis,
             "key_id": "health-py",
         },
         "variants": ["payload_flipped", "signature_flipped", "valid"],
     });
-    let mut child = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/publish_signed.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(job.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "publisher failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_python("publish_signed.py", &job);
 
     assert_eq!(
         hub.wait_for_certificates(1).await,
@@ -268,11 +348,11 @@ async fn third_party_client_records_are_verified_byte_for_byte() {
     let expected: BTreeSet<(String, String)> = [
         (
             "signature_invalid".to_owned(),
-            "py-record-payload_flipped".to_owned(),
+            "health-py-record-payload_flipped".to_owned(),
         ),
         (
             "signature_invalid".to_owned(),
-            "py-record-signature_flipped".to_owned(),
+            "health-py-record-signature_flipped".to_owned(),
         ),
     ]
     .into_iter()

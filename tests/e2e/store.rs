@@ -1,77 +1,184 @@
 //! The batch store's rules, on SQLite and PostgreSQL: records in one batch see the
-//! records before them, and the newest version of a certificate becomes current.
+//! records before them, the newest version of a certificate becomes current, and a
+//! rejection is recorded and audited once however often its batch is retried.
 
 use crate::harness::{Broker, Db, TestEnv};
-use datarun_store::{StoreOutcome, StoredRecord};
+use datarun_domain::{RejectReason, Rejection};
+use datarun_store::{
+    AuditFilter, IngestItem, IngestOutcome, MessageSource, RejectedRecord, StoredRecord, Verdict,
+};
+
+fn source(offset: i64) -> MessageSource {
+    MessageSource {
+        topic: "records.health.birth_certificate".into(),
+        partition: 0,
+        offset,
+        message_digest: format!("m{offset}"),
+    }
+}
 
 fn record(
+    offset: i64,
     id: &str,
     certificate: &str,
     department: &str,
-    issued_at: i64,
+    signed_at: i64,
     digest: &str,
-) -> StoredRecord {
+) -> IngestItem {
     let mut fields = serde_json::Map::new();
     fields.insert("version".into(), serde_json::json!(id));
-    StoredRecord {
-        record_id: id.into(),
-        certificate_id: certificate.into(),
-        record_type: "health.birth_certificate".into(),
-        schema_version: 1,
-        department: department.into(),
-        subject: "440303201506303948".into(),
-        issued_at,
-        signing_key_id: "health-2026".into(),
-        content_digest: digest.into(),
-        signature_hex: "00".into(),
-        fields,
-        guardians: vec!["440104198503125841".into()],
+    IngestItem {
+        source: source(offset),
+        verdict: Verdict::Accept(StoredRecord {
+            record_id: id.into(),
+            certificate_id: certificate.into(),
+            record_type: "health.birth_certificate".into(),
+            schema_version: 1,
+            department: department.into(),
+            subject: "440303201506303948".into(),
+            signed_at,
+            signing_key_id: "health-2026".into(),
+            content_digest: digest.into(),
+            signature_hex: "00".into(),
+            fields,
+            guardians: vec!["440104198503125841".into()],
+        }),
     }
+}
+
+fn rejected(
+    offset: i64,
+    record_id: &str,
+    reason: RejectReason,
+    digest: Option<&str>,
+) -> IngestItem {
+    IngestItem {
+        source: source(offset),
+        verdict: Verdict::Reject(RejectedRecord {
+            rejection: Rejection::at(reason, "datarun-key-id", "refused"),
+            record_id: Some(record_id.into()),
+            department: Some("health".into()),
+            record_type: Some("health.birth_certificate".into()),
+            verified: false,
+            content_digest: digest.map(str::to_owned),
+        }),
+    }
+}
+
+fn codes(outcomes: &[IngestOutcome]) -> Vec<&'static str> {
+    outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            IngestOutcome::Stored => "stored",
+            IngestOutcome::Duplicate => "duplicate",
+            IngestOutcome::Rejected { rejection, .. } => rejection.reason.code(),
+        })
+        .collect()
 }
 
 async fn batch_rules(db: Db) {
     let env = TestEnv::new(db, Broker::Mock).await;
     let store = datarun_cli::app::open_store(&env.config).await.unwrap();
     let batch = vec![
-        record("a1", "CERT-A", "health", 100, "d-a1"),
-        record("a1", "CERT-A", "health", 100, "d-a1"),
-        record("a0", "CERT-A", "health", 50, "d-a0"),
-        record("x1", "CERT-A", "tax", 500, "d-x1"),
-        record("a1", "CERT-A", "health", 300, "d-other"),
-        record("a2", "CERT-A", "health", 200, "d-a2"),
-        record("b1", "CERT-B", "health", 100, "d-b1"),
+        record(1, "health-a1", "CERT-A", "health", 100, "d-a1"),
+        record(2, "health-a1", "CERT-A", "health", 100, "d-a1"),
+        record(3, "health-a0", "CERT-A", "health", 50, "d-a0"),
+        record(4, "tax-x1", "CERT-A", "tax", 500, "d-x1"),
+        record(5, "health-a1", "CERT-A", "health", 300, "d-other"),
+        record(6, "health-a2", "CERT-A", "health", 200, "d-a2"),
+        record(7, "health-b1", "CERT-B", "health", 100, "d-b1"),
+        rejected(8, "health-c1", RejectReason::KeyRevoked, None),
+        // Signed by a key revoked since, but the very record stored at offset 1.
+        rejected(9, "health-a1", RejectReason::KeyRevoked, Some("d-a1")),
     ];
-    let outcomes = store.store_records(&batch).await.unwrap();
-    use StoreOutcome::*;
+    let outcomes = store.store_batch(&batch).await.unwrap();
     assert_eq!(
-        outcomes,
+        codes(&outcomes),
         vec![
-            Stored,
-            Duplicate,
-            Stale,
-            ForeignCertificate,
-            Replayed,
-            Stored,
-            Stored
+            "stored",
+            "duplicate",
+            "stale_version",
+            "publisher_not_allowed",
+            "replayed",
+            "stored",
+            "stored",
+            "key_revoked",
+            "duplicate",
         ]
     );
     // History keeps both accepted versions of A; the current version is the newest.
     assert_eq!(store.record_counts().await.unwrap(), (3, 2));
-    // A second delivery of the whole batch changes nothing.
-    let again = store.store_records(&batch).await.unwrap();
+    let rejections = |n| AuditFilter {
+        kind: Some("ingest_rejected".into()),
+        limit: n,
+        ..AuditFilter::default()
+    };
+    let audited = store.audit_events(&rejections(100)).await.unwrap();
+    assert_eq!(audited.len(), 4, "each rejection is audited once");
+    // A retry of the whole batch changes nothing and audits nothing again.
+    let again = store.store_batch(&batch).await.unwrap();
     assert_eq!(
-        again,
+        codes(&again),
         vec![
-            Duplicate,
-            Duplicate,
-            Stale,
-            ForeignCertificate,
-            Replayed,
-            Duplicate,
-            Duplicate
+            "duplicate",
+            "duplicate",
+            "stale_version",
+            "publisher_not_allowed",
+            "replayed",
+            "duplicate",
+            "duplicate",
+            "key_revoked",
+            "duplicate",
         ]
     );
     assert_eq!(store.record_counts().await.unwrap(), (3, 2));
+    assert_eq!(store.audit_events(&rejections(100)).await.unwrap().len(), 4);
+    assert!(
+        again.iter().all(|o| !matches!(
+            o,
+            IngestOutcome::Rejected {
+                dead_lettered: true,
+                ..
+            }
+        )),
+        "nothing was marked dead-lettered yet"
+    );
+    // Once dead-lettered, a retry knows it.
+    let revoked = source(8);
+    store
+        .mark_dead_lettered(&[(&revoked, "intact")])
+        .await
+        .unwrap();
+    let third = store.store_batch(&batch[7..8]).await.unwrap();
+    assert!(matches!(
+        third[0],
+        IngestOutcome::Rejected {
+            dead_lettered: true,
+            ..
+        }
+    ));
+    // Another message at a reused position is a new message, not the old one.
+    let mut reused = rejected(8, "health-c2", RejectReason::SignatureInvalid, None);
+    reused.source.message_digest = "another".into();
+    let outcome = store.store_batch(&[reused]).await.unwrap();
+    assert_eq!(codes(&outcome), vec!["signature_invalid"]);
+    assert_eq!(store.audit_events(&rejections(100)).await.unwrap().len(), 5);
+    // An unverified claim is not attributed to the department it names.
+    let events = store.audit_events(&rejections(100)).await.unwrap();
+    let revoked_event = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("key_revoked"))
+        .unwrap();
+    assert_eq!(revoked_event.department, None);
+    let detail: serde_json::Value = serde_json::from_str(&revoked_event.detail).unwrap();
+    assert_eq!(detail["claimed_department"], "health");
+    assert_eq!(detail["envelope_verified"], false);
+    assert!(detail["unverified_fields"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("record_id")));
+    assert!(store.verify_audit_chain().await.unwrap().is_ok());
+
     assert!(store
         .is_guardian_of("440104198503125841", "440303201506303948")
         .await
@@ -90,4 +197,84 @@ async fn batch_rules_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_rules_postgres() {
     batch_rules(Db::Postgres).await;
+}
+
+/// Writers storing versions of the same certificates at once, in different orders (two
+/// hub instances over one database, or a rebalance): whatever interleaving happens, each
+/// certificate's current version is its newest, and no version is lost or stored twice.
+async fn concurrent_versions_never_regress(db: Db) {
+    const WRITERS: usize = 6;
+    const CERTIFICATES: usize = 40;
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let store = datarun_cli::app::open_store(&env.config).await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut order: Vec<usize> = (0..CERTIFICATES).collect();
+            order.rotate_left(writer * 7 % CERTIFICATES);
+            if writer % 2 == 1 {
+                order.reverse();
+            }
+            let mut stored = 0;
+            for chunk in order.chunks(4) {
+                let batch: Vec<IngestItem> = chunk
+                    .iter()
+                    .map(|&c| {
+                        record(
+                            (writer * 1000 + c) as i64,
+                            &format!("health-c{c}-v{writer}"),
+                            &format!("CERT-{c}"),
+                            "health",
+                            1_000 + writer as i64,
+                            &format!("d-{c}-{writer}"),
+                        )
+                    })
+                    .collect();
+                for outcome in store.store_batch(&batch).await.unwrap() {
+                    match outcome {
+                        IngestOutcome::Stored => stored += 1,
+                        IngestOutcome::Rejected { rejection, .. } => {
+                            assert_eq!(rejection.reason, RejectReason::StaleVersion)
+                        }
+                        IngestOutcome::Duplicate => panic!("nothing was sent twice"),
+                    }
+                }
+            }
+            stored
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        stored += task.await.unwrap();
+    }
+    for c in 0..CERTIFICATES {
+        let newest = WRITERS - 1;
+        assert_eq!(
+            store.current_version(&format!("CERT-{c}")).await.unwrap(),
+            Some((format!("health-c{c}-v{newest}"), 1_000 + newest as i64)),
+            "certificate {c} ends at its newest version"
+        );
+    }
+    assert_eq!(
+        store.record_counts().await.unwrap(),
+        (stored, CERTIFICATES as i64)
+    );
+    let (rejected, _) = store.rejection_counts().await.unwrap();
+    assert_eq!(
+        stored + rejected,
+        (WRITERS * CERTIFICATES) as i64,
+        "every version was stored or refused as stale"
+    );
+    assert!(store.verify_audit_chain().await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_versions_never_regress_sqlite() {
+    concurrent_versions_never_regress(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_versions_never_regress_postgres() {
+    concurrent_versions_never_regress(Db::Postgres).await;
 }

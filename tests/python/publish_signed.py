@@ -4,8 +4,9 @@ docs/signing.md specifies, signs it with Ed25519, and publishes with the real
 third-party Kafka client confluent-kafka. Used by the end-to-end suite.
 
 Reads a JSON job on stdin:
-  {"bootstrap": "...", "topic": "...", "seed_hex": "...", "payload_hex": "...",
-   "envelope": {record_id, department, record_type, schema_version, subject, issued_at_millis, key_id},
+  {"bootstrap": "...", "topic": "...", "payload_hex": "...",
+   "seed_hex": "..." or "key_file": "<PKCS#8 file, DER or PEM, as `datarun key generate` writes>",
+   "envelope": {record_id, department, record_type, schema_version, subject, signed_at_millis, key_id},
    "variants": ["valid", "payload_flipped", "signature_flipped"]}
 Each variant is published with record id "<record_id>-<variant>".
 """
@@ -14,9 +15,10 @@ import struct
 import sys
 
 from confluent_kafka import Producer
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-DOMAIN = b"datarun-record-v1\n"
+DOMAIN = b"datarun-record-v2\n"
 
 
 def field(data: bytes) -> bytes:
@@ -30,7 +32,7 @@ def signing_input(envelope: dict, payload: bytes) -> bytes:
         envelope["record_type"],
         str(envelope["schema_version"]),
         envelope["subject"],
-        str(envelope["issued_at_millis"]),
+        str(envelope["signed_at_millis"]),
         envelope["key_id"],
     ]
     return DOMAIN + b"".join(field(p.encode("utf-8")) for p in parts) + field(payload)
@@ -38,7 +40,18 @@ def signing_input(envelope: dict, payload: bytes) -> bytes:
 
 def main() -> int:
     job = json.load(sys.stdin)
-    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(job["seed_hex"]))
+    if "key_file" in job:
+        with open(job["key_file"], "rb") as handle:
+            document = handle.read()
+        if document.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_private_key(document, password=None)
+        else:
+            key = serialization.load_der_private_key(document, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            print(f"{job['key_file']} is not an Ed25519 key", file=sys.stderr)
+            return 1
+    else:
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(job["seed_hex"]))
     producer = Producer({"bootstrap.servers": job["bootstrap"], "enable.idempotence": True, "acks": "all"})
     failures = []
 
@@ -61,7 +74,7 @@ def main() -> int:
             ("datarun-record-type", envelope["record_type"]),
             ("datarun-schema-version", str(envelope["schema_version"])),
             ("datarun-subject", envelope["subject"]),
-            ("datarun-issued-at", str(envelope["issued_at_millis"])),
+            ("datarun-signed-at", str(envelope["signed_at_millis"])),
             ("datarun-key-id", envelope["key_id"]),
             ("datarun-signature", bytes(signature).hex()),
         ]

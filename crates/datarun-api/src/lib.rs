@@ -39,6 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit/events", get(routes::audit_events))
         .route("/v1/audit/verify", get(routes::audit_verify))
         .route("/v1/me/access-log", get(routes::my_access_log))
+        .route("/v1/operator/rejections", get(routes::rejections))
         .with_state(state)
 }
 

@@ -78,11 +78,21 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the database answers; otherwise 503 naming what is down (the error
+/// text of the driver, which names no personal data).
 pub async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
-    if state.store.ping().await {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "ready": true, "checks": { "database": "ok" } })),
+        ),
+        Err(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "ready": false,
+                "checks": { "database": format!("unavailable: {problem}") },
+            })),
+        ),
     }
 }
 
@@ -361,4 +371,37 @@ pub async fn my_access_log(
     Ok(Json(
         json!({ "entries": entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>() }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectionQuery {
+    reason: Option<String>,
+    since_millis: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Dead-lettered messages for operators: reason, field path, claimed record id and
+/// department, source position and time — never a payload value.
+pub async fn rejections(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    query: Result<Query<RejectionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Operator)?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    if let Some(reason) = &query.reason {
+        if datarun_domain::RejectReason::from_code(reason).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "reason: {reason:.40} is not a rejection reason code (docs/dead-letter.md)"
+            )));
+        }
+    }
+    let filter = datarun_store::RejectionFilter {
+        reason: query.reason,
+        since_millis: query.since_millis,
+        limit: query.limit.unwrap_or(100),
+    };
+    let entries = state.store.rejections(&filter).await?;
+    Ok(Json(json!({ "rejections": entries })))
 }

@@ -57,7 +57,11 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
             .await
             .context("creating the hub's topics")?;
     }
-    let ingest = Ingest::new(store.clone(), DeadLetterPublisher::new(&kafka)?);
+    let ingest = Ingest::new(
+        store.clone(),
+        DeadLetterPublisher::new(&kafka)?,
+        config.ingest_settings(),
+    );
     let ingest_stats = ingest.stats.clone();
     let consumer = IngestConsumer::new(&kafka, &config.kafka.group_id, &config.kafka.record_types)?;
     let (shutdown, receiver) = watch::channel(false);

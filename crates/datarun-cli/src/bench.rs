@@ -11,7 +11,6 @@ use datarun_domain::{RecordType, ResidentId, Role};
 use datarun_kafka::broker::MockKafka;
 use datarun_kafka::RecordPublisher;
 use datarun_store::{ConsentGrant, LookupOutcome, Store};
-use ring::signature::Ed25519KeyPair;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -89,9 +88,8 @@ pub async fn ingest(
 ) -> anyhow::Result<BenchHub> {
     let hub = fresh_hub(backend, postgres_admin_url).await?;
     let connector = Connector::load(&hub.config.hub.connectors_dir.join("health"))?;
-    let key = std::fs::read(hub.dir.join("keys").join("health-2026.pk8"))?;
-    let key =
-        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&key).map_err(|_| anyhow::anyhow!("bad key"))?;
+    let key = crate::secrets::read_secret(&hub.dir.join("keys").join("health-2026.pk8"))?;
+    let key = datarun_domain::keys::parse_private_key(&key)?;
     let rows = datarun_connector::sample::birth_certificates(count, 1);
 
     let started = Instant::now();

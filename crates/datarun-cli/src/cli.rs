@@ -70,6 +70,8 @@ enum Command {
     Sample(SampleCommand),
     #[command(subcommand)]
     Audit(AuditCommand),
+    #[command(subcommand)]
+    Rejects(RejectsCommand),
     /// Measure the hot paths on a fresh hub (figures only; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -118,10 +120,14 @@ enum DepartmentCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
-    /// Generate an Ed25519 key pair; writes the private key (PKCS#8) and prints the public key in hex.
+    /// Generate an Ed25519 key pair: writes the private key (PKCS#8 v1, mode 0600, never
+    /// over an existing file) and prints the public key in hex.
     Generate {
         #[arg(long)]
         out: PathBuf,
+        /// der or pem (default: pem for a .pem file, der otherwise).
+        #[arg(long, value_enum)]
+        format: Option<setup::KeyFormat>,
     },
     /// Register a department's public key in the trust registry.
     Register {
@@ -139,7 +145,8 @@ enum KeyCommand {
         #[arg(long)]
         not_after: Option<i64>,
     },
-    /// Revoke a key now: records it signs from now on are rejected.
+    /// Revoke a key now: every record signed with it that the hub receives from now on
+    /// is rejected (key_revoked), whatever signing time it claims.
     Revoke { key_id: String },
 }
 
@@ -203,6 +210,25 @@ enum SampleCommand {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RejectsCommand {
+    /// Dead-lettered records, newest first: time, reason, field, record id and
+    /// department as claimed (and whether the signature verified), source position.
+    List {
+        /// Only this reason code (docs/dead-letter.md).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only rejections since this time: Unix milliseconds, or a duration ago such as 30m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -285,8 +311,9 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
         }
         Command::Key(command) => {
             match command {
-                KeyCommand::Generate { out: file } => {
-                    let public_key = setup::generate_key(&file)?;
+                KeyCommand::Generate { out: file, format } => {
+                    let format = format.unwrap_or_else(|| setup::KeyFormat::for_path(&file));
+                    let public_key = setup::generate_key(&file, format)?;
                     writeln!(out, "{}", hex::encode(public_key))?;
                 }
                 KeyCommand::Register {
@@ -428,6 +455,55 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             .await?;
             Ok(0)
         }
+        Command::Rejects(RejectsCommand::List {
+            reason,
+            since,
+            limit,
+            json,
+        }) => {
+            if let Some(reason) = &reason {
+                if datarun_domain::RejectReason::from_code(reason).is_none() {
+                    bail!("{reason} is not a rejection reason code (docs/dead-letter.md)");
+                }
+            }
+            let since_millis = since.as_deref().map(parse_since).transpose()?;
+            let store = app::open_store(&config).await?;
+            let entries = store
+                .rejections(&datarun_store::RejectionFilter {
+                    reason,
+                    since_millis,
+                    limit,
+                })
+                .await?;
+            for entry in &entries {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(entry)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {:<22} {:<24} {:<40} {:<16} {}  {}[{}]@{}  {}",
+                        entry.rejected_at_millis,
+                        entry.reason,
+                        entry.field.as_deref().unwrap_or("-"),
+                        entry.record_id.as_deref().unwrap_or("-"),
+                        entry.department.as_deref().unwrap_or("-"),
+                        if entry.verified {
+                            "verified"
+                        } else {
+                            "claimed"
+                        },
+                        entry.topic,
+                        entry.partition,
+                        entry.offset,
+                        entry.message,
+                    )?;
+                }
+            }
+            if !json {
+                writeln!(out, "{} rejections", entries.len())?;
+            }
+            Ok(0)
+        }
         Command::Audit(AuditCommand::Verify) => {
             let store = app::open_store(&config).await?;
             match store.verify_audit_chain().await? {
@@ -442,6 +518,25 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+/// `--since`: Unix milliseconds, or a duration ago (`90s`, `30m`, `2h`, `7d`).
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Ok(millis);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let unit_millis = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("--since must be Unix milliseconds or a duration like 30m, 2h, 7d"),
+    };
+    let amount: i64 = number
+        .parse()
+        .with_context(|| format!("--since {text}: not a number of {unit}"))?;
+    Ok(datarun_store::now_millis() - amount.saturating_mul(unit_millis))
 }
 
 fn print_progress(done: u64, total: u64) {

@@ -15,7 +15,15 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub kafka: KafkaConfig,
+    pub ingest: IngestConfig,
     pub broker: BrokerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// How far ahead of the hub's clock a record's `signed_at` may be, seconds.
+    pub max_clock_skew_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +35,8 @@ pub struct HubConfig {
     pub schemas_dir: PathBuf,
     /// The `connectors/` folder.
     pub connectors_dir: PathBuf,
+    /// The pseudonym key file; empty means `<data_dir>/secrets/pseudonym.key`.
+    pub pseudonym_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +78,7 @@ const DEFAULTS: &str = r#"
 data_dir = "data"
 schemas_dir = "schemas"
 connectors_dir = "connectors"
+pseudonym_key_file = ""
 
 [database]
 url = ""
@@ -82,6 +93,9 @@ group_id = "datarun-ingest"
 partitions = 3
 create_topics = true
 record_types = ["health.birth_certificate"]
+
+[ingest]
+max_clock_skew_secs = 300
 
 [broker]
 start_local = true
@@ -161,25 +175,50 @@ impl Config {
         datarun_kafka::KafkaSettings::new(&self.kafka.bootstrap_servers, &self.kafka.topic_prefix)
     }
 
+    pub fn ingest_settings(&self) -> datarun_ingest::IngestSettings {
+        datarun_ingest::IngestSettings {
+            max_clock_skew_millis: i64::from(self.ingest.max_clock_skew_secs) * 1000,
+        }
+    }
+
     /// The key for pseudonyms of personal identifiers: `$DATARUN_PSEUDONYM_KEY` (hex), or
-    /// `<data_dir>/secrets/pseudonym.key`, created with 32 random bytes on first use.
+    /// `hub.pseudonym_key_file` (default `<data_dir>/secrets/pseudonym.key`), created
+    /// with 32 random bytes and mode 0600 on first use. At least 32 bytes either way.
     pub fn pseudonym_key(&self) -> anyhow::Result<Vec<u8>> {
+        let minimum = datarun_store::PSEUDONYM_KEY_MIN_BYTES;
         if let Ok(text) = std::env::var("DATARUN_PSEUDONYM_KEY") {
             let key = hex::decode(text.trim()).context("DATARUN_PSEUDONYM_KEY must be hex")?;
-            if key.len() < 16 {
-                bail!("DATARUN_PSEUDONYM_KEY must be at least 16 bytes");
+            if key.len() < minimum {
+                bail!(
+                    "DATARUN_PSEUDONYM_KEY must be at least {minimum} bytes ({} hex digits)",
+                    minimum * 2
+                );
             }
             return Ok(key);
         }
-        let path = self.hub.data_dir.join("secrets").join("pseudonym.key");
-        if let Ok(key) = std::fs::read(&path) {
-            return Ok(key);
+        let path = if self.hub.pseudonym_key_file.as_os_str().is_empty() {
+            self.hub.data_dir.join("secrets").join("pseudonym.key")
+        } else {
+            self.hub.pseudonym_key_file.clone()
+        };
+        if !path.exists() {
+            let mut key = vec![0u8; 32];
+            datarun_store::fill_random(&mut key)?;
+            if let Err(error) = crate::secrets::write_new_secret(&path, &key) {
+                // Another process may have created it a moment ago; read that one.
+                if !path.exists() {
+                    return Err(error);
+                }
+            }
         }
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-            .context("creating the secrets folder")?;
-        let mut key = vec![0u8; 32];
-        datarun_store::fill_random(&mut key)?;
-        std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+        let key = crate::secrets::read_secret(&path)?;
+        if key.len() < minimum {
+            bail!(
+                "{} holds {} bytes; a pseudonym key is at least {minimum}",
+                path.display(),
+                key.len()
+            );
+        }
         Ok(key)
     }
 }

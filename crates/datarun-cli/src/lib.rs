@@ -5,4 +5,28 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod secrets;
 pub mod setup;
+
+/// The binary's entry point: logs to stderr (`DATARUN_LOG` filters), runs the command
+/// line, exits 2 on error. The fault-injection suite builds its hub from this too.
+#[tokio::main]
+pub async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DATARUN_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().collect();
+    let mut stdout = std::io::stdout();
+    match cli::run(&args, &mut stdout).await {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

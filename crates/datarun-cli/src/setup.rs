@@ -4,7 +4,6 @@
 use anyhow::Context;
 use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
 use datarun_store::Store;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::path::{Path, PathBuf};
 
 /// The departments of the reference world: (id, display name).
@@ -41,25 +40,45 @@ pub const PURPOSES: [(&str, &str); 4] = [
     ),
 ];
 
-/// Writes a new Ed25519 key (PKCS#8 DER) to `path` and returns its public key.
-pub fn generate_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let random = ring::rand::SystemRandom::new();
-    let document = Ed25519KeyPair::generate_pkcs8(&random)
-        .map_err(|_| anyhow::anyhow!("key generation failed"))?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+/// How a private key file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyFormat {
+    /// PKCS#8 v1 DER (`openssl pkey -inform DER`).
+    Der,
+    /// PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`).
+    Pem,
+}
+
+impl KeyFormat {
+    /// PEM for a `.pem` file name, DER otherwise.
+    pub fn for_path(path: &Path) -> Self {
+        if path.extension().is_some_and(|e| e == "pem") {
+            Self::Pem
+        } else {
+            Self::Der
+        }
     }
-    std::fs::write(path, document.as_ref())
-        .with_context(|| format!("writing {}", path.display()))?;
+}
+
+/// Writes a new Ed25519 private key (PKCS#8 v1, RFC 8410) to `path`, mode 0600, never
+/// over an existing file; returns its public key.
+pub fn generate_key(path: &Path, format: KeyFormat) -> anyhow::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    datarun_store::fill_random(&mut seed)?;
+    let document = match format {
+        KeyFormat::Der => datarun_domain::keys::pkcs8_v1_der(&seed),
+        KeyFormat::Pem => datarun_domain::keys::pkcs8_v1_pem(&seed).into_bytes(),
+    };
+    crate::secrets::write_new_secret(path, &document)?;
     public_key_of(path)
 }
 
-pub fn public_key_of(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
-    Ok(key_pair.public_key().as_ref().to_vec())
+/// The public key of the private key in `path` (DER or PEM, PKCS#8 v1 or v2).
+pub fn public_key_of(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let bytes = crate::secrets::read_secret(path)?;
+    let key_pair = datarun_domain::keys::parse_private_key(&bytes)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok(datarun_domain::keys::public_key(&key_pair))
 }
 
 /// `schemas/<department>/<record>.v<N>.avsc` → (record type, version).
@@ -143,7 +162,7 @@ pub async fn reference_world(
     let public_key = if key_file.exists() {
         public_key_of(&key_file)?
     } else {
-        generate_key(&key_file)?
+        generate_key(&key_file, KeyFormat::Der)?
     };
     store
         .add_signing_key(&health, &key_id, &public_key, 0, None)

@@ -35,8 +35,10 @@ pub enum SourceKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingConfig {
-    /// The source column holding the record's issue time, `YYYY-MM-DD HH:MM:SS` (UTC+8).
-    pub issued_at: String,
+    /// The source column holding the row's last change, `YYYY-MM-DD HH:MM:SS` (UTC+8).
+    /// It goes into the record id: a changed row is a new record, an unchanged row
+    /// republished (after a crash, say) is the same record. It is not the signing time.
+    pub row_version: String,
     /// Schema field → source column.
     pub fields: BTreeMap<String, String>,
     /// Per schema field, source value → schema value (e.g. 男 → MALE).

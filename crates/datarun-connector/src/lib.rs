@@ -3,8 +3,9 @@
 //! The runtime reads source rows, maps them to the record type's Avro schema, signs each
 //! record with the department's key, publishes with an idempotent producer, and records
 //! how far the broker has acknowledged, so a rerun or a restart after a crash resumes
-//! there. Record ids and issue times come from the row, so a republished row is the very
-//! same record and the hub stores it once.
+//! there. Record ids come from the row's content and version column, so a republished
+//! row is the very same record (the hub counts it as a duplicate even though it was
+//! signed again, at a later time).
 
 pub mod config;
 pub mod sample;
@@ -29,8 +30,8 @@ pub enum ConnectorError {
     Config { path: PathBuf, message: String },
     #[error("schema: {0}")]
     Schema(#[from] datarun_schema::SchemaError),
-    #[error("signing key {path}: not an Ed25519 PKCS#8 key")]
-    Key { path: PathBuf },
+    #[error("signing key {path}: {message}")]
+    Key { path: PathBuf, message: String },
     #[error("source {path} line {line}: {message}")]
     Source {
         path: PathBuf,
@@ -46,7 +47,7 @@ pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
 /// Where a connector reads its secrets and keeps its position.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// The department's private key (PKCS#8 DER).
+    /// The department's private key (PKCS#8 v1 or v2, DER or PEM).
     pub signing_key_file: PathBuf,
     /// Where the checkpoint and the rejected-rows file live.
     pub state_dir: PathBuf,
@@ -84,6 +85,14 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ConnectorError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Unix milliseconds now, by this machine's clock: the signing time.
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Parses `YYYY-MM-DD HH:MM:SS` in China Standard Time (UTC+8) to Unix milliseconds.
@@ -187,11 +196,21 @@ impl Connector {
         std::fs::rename(&temporary, &path).map_err(io_error(&path))
     }
 
-    /// Maps one source row to a signed record.
+    /// Maps one source row to a record signed now.
     pub fn sign_row(
         &self,
         row: &BTreeMap<String, String>,
         key_pair: &Ed25519KeyPair,
+    ) -> Result<SignedRecord, String> {
+        self.sign_row_at(row, key_pair, now_millis())
+    }
+
+    /// Maps one source row to a record signed at `signed_at_millis`.
+    pub fn sign_row_at(
+        &self,
+        row: &BTreeMap<String, String>,
+        key_pair: &Ed25519KeyPair,
+        signed_at_millis: i64,
     ) -> Result<SignedRecord, String> {
         let mapping = &self.config.mapping;
         let mut mapped = BTreeMap::new();
@@ -209,11 +228,11 @@ impl Connector {
             mapped.insert(field.clone(), value.to_owned());
         }
         let payload = self.schema.encode_row(&mapped).map_err(|e| e.to_string())?;
-        let issued_text = row
-            .get(&mapping.issued_at)
-            .ok_or_else(|| format!("column {} is missing", mapping.issued_at))?;
-        let issued_at_millis = parse_cst_timestamp(issued_text.trim())
-            .ok_or_else(|| format!("column {} must be YYYY-MM-DD HH:MM:SS", mapping.issued_at))?;
+        let version_text = row
+            .get(&mapping.row_version)
+            .ok_or_else(|| format!("column {} is missing", mapping.row_version))?;
+        let row_version_millis = parse_cst_timestamp(version_text.trim())
+            .ok_or_else(|| format!("column {} must be YYYY-MM-DD HH:MM:SS", mapping.row_version))?;
         let subject_field = self
             .schema
             .fields()
@@ -224,7 +243,7 @@ impl Connector {
         let subject = mapped.get(&subject_field).cloned().unwrap_or_default();
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         digest.update(self.record_type.as_str().as_bytes());
-        digest.update(&issued_at_millis.to_be_bytes());
+        digest.update(&row_version_millis.to_be_bytes());
         digest.update(&payload);
         let record_id = format!(
             "{}-{}",
@@ -237,7 +256,7 @@ impl Connector {
             record_type: self.record_type.clone(),
             schema_version: self.config.schema_version,
             subject,
-            issued_at_millis,
+            signed_at_millis,
             signing_key_id: self.signing_key_id.clone(),
         };
         Ok(envelope.sign(payload, key_pair))
@@ -247,9 +266,10 @@ impl Connector {
     pub async fn run(&self, kafka: &KafkaSettings, options: &RunOptions) -> Result<RunReport> {
         let key_bytes = std::fs::read(&options.signing_key_file)
             .map_err(io_error(&options.signing_key_file))?;
-        let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&key_bytes).map_err(|_| {
+        let key_pair = datarun_domain::keys::parse_private_key(&key_bytes).map_err(|error| {
             ConnectorError::Key {
                 path: options.signing_key_file.clone(),
+                message: error.to_string(),
             }
         })?;
         std::fs::create_dir_all(&options.state_dir).map_err(io_error(&options.state_dir))?;
@@ -370,11 +390,18 @@ mod tests {
         let key_pair = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
         use ring::signature::KeyPair;
         for row in &rows {
-            let first = connector.sign_row(row, &key_pair).unwrap();
-            let second = connector.sign_row(row, &key_pair).unwrap();
+            let first = connector.sign_row_at(row, &key_pair, 1_000).unwrap();
+            let second = connector.sign_row_at(row, &key_pair, 1_000).unwrap();
             assert_eq!(
                 first, second,
-                "signing a row twice must give the same record"
+                "signing a row twice at one time must give the same record"
+            );
+            let later = connector.sign_row_at(row, &key_pair, 9_000).unwrap();
+            assert_eq!(later.envelope.record_id, first.envelope.record_id);
+            assert_eq!(
+                later.envelope.content_digest(&later.payload),
+                first.envelope.content_digest(&first.payload),
+                "a row signed again later is the same record"
             );
             assert!(first.signature_is_valid(key_pair.public_key().as_ref()));
             let today = CivilDate::new(2026, 11, 22).unwrap();

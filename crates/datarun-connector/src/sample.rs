@@ -21,7 +21,7 @@ pub const BIRTH_COLUMNS: [&str; 14] = [
     "father_name",
     "father_id_no",
     "issue_date",
-    "signed_at",
+    "updated_at",
 ];
 
 const SURNAMES: [&str; 16] = [
@@ -175,7 +175,7 @@ pub fn birth_certificates(count: usize, seed: u64) -> Vec<BTreeMap<String, Strin
                 ),
                 ("issue_date", issue.to_string()),
                 (
-                    "signed_at",
+                    "updated_at",
                     format!(
                         "{issue} {:02}:{:02}:{:02}",
                         8 + generator.below(10),

@@ -2,12 +2,45 @@
 //!
 //! The signing input is length-prefixed rather than JSON so that any language can
 //! reproduce it byte for byte without a canonicalisation library.
+//!
+//! `signed_at` is when the department signed, not when the certificate was issued (that
+//! date is a payload field). The hub bounds it by its own clock (`trust`), so a signer
+//! cannot push a version of a certificate into the future.
 
 use crate::ids::{DepartmentId, KeyId, RecordId, RecordType};
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 
 /// The first bytes of every signing input: the format and its version.
-pub const SIGNING_INPUT_DOMAIN: &[u8] = b"datarun-record-v1\n";
+pub const SIGNING_INPUT_DOMAIN: &[u8] = b"datarun-record-v2\n";
+
+/// The first bytes of a record's content digest (see [`RecordEnvelope::content_digest`]).
+pub const CONTENT_DIGEST_DOMAIN: &[u8] = b"datarun-content-v1\n";
+
+/// The Kafka header names of the envelope (`docs/signing.md`). They are also the field
+/// paths of envelope rejections.
+pub mod header {
+    pub const RECORD_ID: &str = "datarun-record-id";
+    pub const DEPARTMENT: &str = "datarun-department";
+    pub const RECORD_TYPE: &str = "datarun-record-type";
+    pub const SCHEMA_VERSION: &str = "datarun-schema-version";
+    pub const SUBJECT: &str = "datarun-subject";
+    /// Decimal Unix milliseconds when the department signed.
+    pub const SIGNED_AT: &str = "datarun-signed-at";
+    pub const KEY_ID: &str = "datarun-key-id";
+    /// Lower-case hex of the 64-byte Ed25519 signature.
+    pub const SIGNATURE: &str = "datarun-signature";
+    /// Every envelope header; each must appear exactly once.
+    pub const ALL: [&str; 8] = [
+        RECORD_ID,
+        DEPARTMENT,
+        RECORD_TYPE,
+        SCHEMA_VERSION,
+        SUBJECT,
+        SIGNED_AT,
+        KEY_ID,
+        SIGNATURE,
+    ];
+}
 
 /// Everything about a record except its payload and signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +51,8 @@ pub struct RecordEnvelope {
     pub schema_version: u32,
     /// The identifier of the person or business the record is about.
     pub subject: String,
-    /// When the department signed the record, Unix milliseconds.
-    pub issued_at_millis: i64,
+    /// When the department signed the record, Unix milliseconds (by its own clock).
+    pub signed_at_millis: i64,
     pub signing_key_id: KeyId,
 }
 
@@ -47,10 +80,42 @@ impl RecordEnvelope {
         push_field(&mut out, self.record_type.as_str().as_bytes());
         push_field(&mut out, self.schema_version.to_string().as_bytes());
         push_field(&mut out, self.subject.as_bytes());
-        push_field(&mut out, self.issued_at_millis.to_string().as_bytes());
+        push_field(&mut out, self.signed_at_millis.to_string().as_bytes());
         push_field(&mut out, self.signing_key_id.as_str().as_bytes());
         push_field(&mut out, payload);
         out
+    }
+
+    /// SHA-256 of what the record says, without when or with which key it was signed:
+    /// the same content re-signed later (a connector retrying after a crash) or with a
+    /// rotated key is the same record, a duplicate; other content under a used record id
+    /// is a replay.
+    pub fn content_digest(&self, payload: &[u8]) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(CONTENT_DIGEST_DOMAIN);
+        for part in [
+            self.record_id.as_str().as_bytes(),
+            self.department.as_str().as_bytes(),
+            self.record_type.as_str().as_bytes(),
+            self.schema_version.to_string().as_bytes(),
+            self.subject.as_bytes(),
+            payload,
+        ] {
+            context.update(&(part.len() as u32).to_be_bytes());
+            context.update(part);
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(context.finish().as_ref());
+        digest
+    }
+
+    /// A record id belongs to its department: it starts with `<department>-`, so one
+    /// department can never claim (and so block) another's record id.
+    pub fn record_id_belongs_to_department(&self) -> bool {
+        self.record_id
+            .as_str()
+            .strip_prefix(self.department.as_str())
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('-'))
     }
 
     pub fn sign(self, payload: Vec<u8>, key_pair: &Ed25519KeyPair) -> SignedRecord {
@@ -81,6 +146,42 @@ mod tests {
     use super::*;
     use ring::signature::KeyPair;
 
+    #[test]
+    fn content_digest_ignores_signing_time_and_key_only() {
+        let (_, envelope, payload) = test_vector();
+        let digest = envelope.content_digest(&payload);
+        let mut resigned = envelope.clone();
+        resigned.signed_at_millis += 60_000;
+        resigned.signing_key_id = KeyId::parse("health-2027").unwrap();
+        assert_eq!(resigned.content_digest(&payload), digest);
+        let mut other = envelope.clone();
+        other.subject = "440303201506306858".into();
+        assert_ne!(other.content_digest(&payload), digest);
+        assert_ne!(envelope.content_digest(b"payload bytez"), digest);
+    }
+
+    #[test]
+    fn record_ids_carry_their_department() {
+        let (_, envelope, _) = test_vector();
+        assert!(envelope.record_id_belongs_to_department());
+        for (department, record_id, owned) in [
+            ("health", "health-1", true),
+            ("health", "health-", false),
+            ("health", "healthy-1", false),
+            ("tax", "health-1", false),
+            ("health", "tax-health-1", false),
+        ] {
+            let mut changed = envelope.clone();
+            changed.department = DepartmentId::parse(department).unwrap();
+            changed.record_id = RecordId::parse(record_id).unwrap();
+            assert_eq!(
+                changed.record_id_belongs_to_department(),
+                owned,
+                "{department} {record_id}"
+            );
+        }
+    }
+
     /// The test vector published in `docs/signing.md`.
     pub(crate) fn test_vector() -> (Ed25519KeyPair, RecordEnvelope, Vec<u8>) {
         let seed: Vec<u8> = (0u8..32).collect();
@@ -91,7 +192,7 @@ mod tests {
             record_type: RecordType::parse("health.birth_certificate").unwrap(),
             schema_version: 1,
             subject: "440303201506303948".into(),
-            issued_at_millis: 1_767_225_600_000,
+            signed_at_millis: 1_767_225_600_000,
             signing_key_id: KeyId::parse("health-2026").unwrap(),
         };
         (key_pair, envelope, b"payload bytes".to_vec())
@@ -129,6 +230,9 @@ mod tests {
         }
         let mut forged = record.clone();
         forged.signature[0] ^= 0x01;
+        assert!(!forged.signature_is_valid(&public_key));
+        let mut forged = record.clone();
+        forged.envelope.signed_at_millis += 1;
         assert!(!forged.signature_is_valid(&public_key));
         let mut forged = record;
         forged.envelope.subject = "440303201506306858".into();

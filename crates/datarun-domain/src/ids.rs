@@ -40,6 +40,38 @@ pub enum IdError {
     },
 }
 
+impl IdError {
+    /// The same explanation without any character of the value: for messages that leave
+    /// the caller (dead-letter headers, audit events), which must never carry a personal
+    /// identifier or a fragment of one.
+    pub fn without_values(&self) -> String {
+        match self {
+            Self::Empty { kind } => format!("{kind} is empty"),
+            Self::Length {
+                kind,
+                expected,
+                actual,
+            } => format!("{kind} must be {expected} characters, got {actual}"),
+            Self::Character {
+                kind,
+                position,
+                expected,
+                ..
+            } => format!("{kind} has a character at position {position} where {expected} must be"),
+            Self::CheckCharacter { kind, .. } => {
+                format!("{kind} check character does not match the other characters")
+            }
+            Self::BirthDateInvalid(_) => {
+                "resident ID number has a birth date which does not exist".into()
+            }
+            Self::BirthDateInFuture(_) => {
+                "resident ID number has a birth date which is in the future".into()
+            }
+            Self::Format { kind, rule, .. } => format!("{kind} is not valid: {rule}"),
+        }
+    }
+}
+
 fn check_length(kind: &'static str, text: &str, expected: usize) -> Result<(), IdError> {
     let actual = text.chars().count();
     if actual == 0 {
@@ -476,6 +508,28 @@ mod tests {
             "44010419850312518x",
             "resident ID number has 'x' at position 18 where a digit or upper-case X must be",
         );
+    }
+
+    #[test]
+    fn messages_without_values_carry_no_fragment_of_the_identifier() {
+        let cases = known_answers();
+        for invalid in cases["resident_id"]["invalid"].as_array().unwrap() {
+            let text = invalid["value"].as_str().unwrap();
+            let message = ResidentId::parse_on(text, today())
+                .unwrap_err()
+                .without_values();
+            assert!(!message.contains('\''), "{message}");
+            let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+            for window in digits.as_bytes().windows(4) {
+                let fragment = std::str::from_utf8(window).unwrap();
+                assert!(
+                    !message.contains(fragment),
+                    "{message:?} carries {fragment} of {text:?}"
+                );
+            }
+        }
+        let error = RecordId::parse("health record").unwrap_err();
+        assert!(!error.without_values().contains("health record"));
     }
 
     #[test]

@@ -7,8 +7,12 @@ pub mod consent;
 pub mod date;
 pub mod envelope;
 pub mod ids;
+pub mod keys;
+pub mod limits;
 pub mod reason;
 pub mod token;
+pub mod trust;
+pub mod versions;
 
 pub use audit::{pseudonym, AuditEvent, AuditHash, ChainBreak, ChainVerifier};
 pub use consent::{Consent, ConsentStatus, LookupRefusal, LookupRequest};

@@ -9,12 +9,18 @@ use serde::Serialize;
 pub enum RejectReason {
     /// A required envelope header is missing or malformed.
     EnvelopeInvalid,
-    /// The message is larger than the broker accepts.
+    /// The message, its key, a header or the number of headers exceeds its bound.
     Oversized,
     /// The signing key id is not in the trust registry for that department.
     UnknownKey,
-    /// The key exists but was revoked or was not valid at the record's issue time.
-    KeyNotValid,
+    /// The key was revoked before the hub received the record.
+    KeyRevoked,
+    /// The key's validity ended before the hub received the record.
+    KeyExpired,
+    /// The key's validity has not begun, or the record claims a signing time before it.
+    KeyNotYetValid,
+    /// The record claims a signing time further ahead of the hub's clock than allowed.
+    SignedInFuture,
     /// The signature does not verify against the registered public key.
     SignatureInvalid,
     /// The department is not allowed to publish this record type.
@@ -39,7 +45,10 @@ impl RejectReason {
             Self::EnvelopeInvalid => "envelope_invalid",
             Self::Oversized => "oversized",
             Self::UnknownKey => "unknown_key",
-            Self::KeyNotValid => "key_not_valid",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyExpired => "key_expired",
+            Self::KeyNotYetValid => "key_not_yet_valid",
+            Self::SignedInFuture => "signed_in_future",
             Self::SignatureInvalid => "signature_invalid",
             Self::PublisherNotAllowed => "publisher_not_allowed",
             Self::SchemaUnknown => "schema_unknown",
@@ -82,6 +91,50 @@ impl Rejection {
             reason,
             field: Some(field.into()),
             message: message.into(),
+        }
+    }
+}
+
+impl RejectReason {
+    /// Every reason, for documentation checks and exhaustive tests.
+    pub const ALL: [RejectReason; 15] = [
+        Self::EnvelopeInvalid,
+        Self::Oversized,
+        Self::UnknownKey,
+        Self::KeyRevoked,
+        Self::KeyExpired,
+        Self::KeyNotYetValid,
+        Self::SignedInFuture,
+        Self::SignatureInvalid,
+        Self::PublisherNotAllowed,
+        Self::SchemaUnknown,
+        Self::SchemaInvalid,
+        Self::IdentifierInvalid,
+        Self::SubjectMismatch,
+        Self::Replayed,
+        Self::StaleVersion,
+    ];
+
+    /// The reason with this code, for operators' filters.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_documented_and_round_trips() {
+        let documented = include_str!("../../../docs/dead-letter.md");
+        for reason in RejectReason::ALL {
+            assert_eq!(RejectReason::from_code(reason.code()), Some(reason));
+            assert!(
+                documented.contains(&format!("| `{}` |", reason.code())),
+                "docs/dead-letter.md lacks {}",
+                reason.code()
+            );
         }
     }
 }

@@ -1,15 +1,20 @@
-//! The broker's ingest pipeline. For each message: read the envelope, find the key in
-//! the trust registry, verify the signature, check the publisher may publish the type,
-//! decode and validate the payload against its registered schema, and store it. The
-//! Kafka offset is acknowledged only after the database commit (or, for a rejected
-//! record, after the dead-letter publish and its audit event), so a crash at any point
-//! redelivers rather than loses, and redelivery is idempotent.
+//! The broker's ingest pipeline. For each message: check its bounds and read the
+//! envelope, find the key in the trust registry, verify the signature, judge the key and
+//! the claimed signing time by the hub's clock, check the publisher may publish the type,
+//! decode and validate the payload against its registered schema. One transaction then
+//! stores the batch's accepted records and records (and audits, once) its rejections;
+//! dead letters follow, and the Kafka offsets only after all of that. A crash at any
+//! point redelivers rather than loses, and redelivery is idempotent.
 
 use datarun_domain::date::CivilDate;
 use datarun_domain::{RejectReason, Rejection, SignedRecord};
 use datarun_kafka::{DeadLetterPublisher, IncomingRecord, IngestConsumer};
 use datarun_schema::RecordSchema;
-use datarun_store::{NewAuditEvent, Store, StoreOutcome, StoredRecord, TrustedKey};
+use datarun_store::faults;
+use datarun_store::{
+    IngestItem, IngestOutcome, MessageSource, RejectedRecord, Store, StoredRecord, TrustedKey,
+    Verdict,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,20 +58,37 @@ pub enum Handled {
 /// Parsed schemas by (record type, version); registered versions never change.
 type SchemaCache = HashMap<(String, u32), Arc<RecordSchema>>;
 
+/// What an operator tunes about ingest.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestSettings {
+    /// How far ahead of the hub's clock a record's `signed_at` may be.
+    pub max_clock_skew_millis: i64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_millis: datarun_domain::trust::DEFAULT_MAX_CLOCK_SKEW_MILLIS,
+        }
+    }
+}
+
 /// The verification and storage pipeline, independent of where messages come from.
 #[derive(Clone)]
 pub struct Ingest {
     store: Store,
     dead_letters: DeadLetterPublisher,
+    settings: IngestSettings,
     schemas: Arc<Mutex<SchemaCache>>,
     pub stats: Arc<IngestStats>,
 }
 
 impl Ingest {
-    pub fn new(store: Store, dead_letters: DeadLetterPublisher) -> Self {
+    pub fn new(store: Store, dead_letters: DeadLetterPublisher, settings: IngestSettings) -> Self {
         Self {
             store,
             dead_letters,
+            settings,
             schemas: Arc::default(),
             stats: Arc::default(),
         }
@@ -144,12 +166,15 @@ impl Ingest {
         Ok(context)
     }
 
-    /// Handles a batch completely: verified records are stored in one transaction,
-    /// rejected ones dead-lettered and audited. An `Err` means the batch must be retried
-    /// and not acknowledged; retrying is safe (stored records come back as duplicates).
+    /// Handles a batch completely: verified records are stored and rejections recorded
+    /// and audited in one transaction, then rejections are dead-lettered. An `Err` means
+    /// the batch must be retried and not acknowledged; retrying is safe (stored records
+    /// come back as duplicates, recorded rejections keep their decision and audit event).
     pub async fn handle_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<Handled>> {
         let context = Arc::new(self.resolve(&batch).await?);
-        let today = CivilDate::from_unix_millis_cst(datarun_store::now_millis());
+        let received_at = datarun_store::now_millis();
+        let today = CivilDate::from_unix_millis_cst(received_at);
+        let max_skew = self.settings.max_clock_skew_millis;
         // Signature and payload checks are CPU work: split them across the blocking pool.
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -163,61 +188,50 @@ impl Ingest {
             checks.push(tokio::task::spawn_blocking(move || {
                 batch[start..end]
                     .iter()
-                    .map(|incoming| match &incoming.record {
-                        Err(rejection) => Err(rejection.clone()),
-                        Ok(record) => context.check(record, today),
+                    .map(|incoming| IngestItem {
+                        source: message_source(incoming),
+                        verdict: match &incoming.record {
+                            Err(rejection) => {
+                                Verdict::Reject(unreadable(incoming, rejection.clone()))
+                            }
+                            Ok(record) => context.check(record, received_at, max_skew, today),
+                        },
                     })
                     .collect::<Vec<_>>()
             }));
         }
-        let mut verdicts = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
         for check in checks {
-            verdicts.extend(
+            items.extend(
                 check
                     .await
                     .map_err(|e| IngestError::Worker(e.to_string()))?,
             );
         }
-        let rows: Vec<StoredRecord> = verdicts
-            .iter()
-            .filter_map(|v| v.as_ref().ok().cloned())
-            .collect();
-        let mut outcomes = self.store.store_records(&rows).await?.into_iter();
+        faults::hit("ingest.after_checks");
+        let outcomes = self.store.store_batch(&items).await?;
+        if outcomes.len() != items.len() {
+            return Err(IngestError::Worker(
+                "store returned another number of outcomes than messages".into(),
+            ));
+        }
+        faults::hit("ingest.after_store_commit");
         let mut handled = Vec::with_capacity(batch.len());
-        let mut rejections = Vec::new();
-        for (incoming, verdict) in batch.iter().zip(verdicts) {
-            let result = match verdict {
-                Err(rejection) => Err(rejection),
-                Ok(_) => match outcomes.next() {
-                    Some(StoreOutcome::Stored) => Ok(Handled::Stored),
-                    Some(StoreOutcome::Duplicate) => Ok(Handled::Duplicate),
-                    Some(StoreOutcome::Replayed) => Err(Rejection::at(
-                        RejectReason::Replayed,
-                        datarun_kafka::wire::RECORD_ID,
-                        "this record id was already used for a different record",
-                    )),
-                    Some(StoreOutcome::Stale) => Err(Rejection::at(
-                        RejectReason::StaleVersion,
-                        datarun_kafka::wire::ISSUED_AT,
-                        "a version of this certificate issued at the same time or later is already stored",
-                    )),
-                    Some(StoreOutcome::ForeignCertificate) => Err(Rejection::at(
-                        RejectReason::PublisherNotAllowed,
-                        "certificate_id",
-                        "the certificate belongs to another department",
-                    )),
-                    None => return Err(IngestError::Worker("store returned fewer outcomes than records".into())),
-                },
-            };
-            match result {
-                Ok(outcome) => handled.push(outcome),
-                Err(rejection) => {
-                    rejections.push((incoming, rejection.clone()));
+        for ((incoming, item), outcome) in batch.iter().zip(&items).zip(outcomes) {
+            match outcome {
+                IngestOutcome::Stored => handled.push(Handled::Stored),
+                IngestOutcome::Duplicate => handled.push(Handled::Duplicate),
+                IngestOutcome::Rejected {
+                    rejection,
+                    dead_lettered,
+                } => {
+                    if !dead_lettered {
+                        self.dead_letter(incoming, &item.source, &rejection).await?;
+                    }
                     handled.push(Handled::Rejected(rejection));
                 }
             }
         }
-        self.reject_all(&rejections).await?;
         for outcome in &handled {
             let counter = match outcome {
                 Handled::Stored => &self.stats.stored,
@@ -229,48 +243,32 @@ impl Ingest {
         Ok(handled)
     }
 
-    /// Dead-letters every rejected record, then audits them all in one transaction.
-    async fn reject_all(&self, rejections: &[(&IncomingRecord, Rejection)]) -> Result<()> {
-        let mut events = Vec::with_capacity(rejections.len());
-        for (incoming, rejection) in rejections {
-            let record_id = incoming
-                .record
-                .as_ref()
-                .ok()
-                .map(|r| r.envelope.record_id.to_string());
-            let department = incoming
-                .record
-                .as_ref()
-                .ok()
-                .map(|r| r.envelope.department.to_string());
-            tracing::warn!(
-                record_id = record_id.as_deref().unwrap_or("-"),
-                topic = %incoming.topic,
-                partition = incoming.partition,
-                offset = incoming.offset,
-                reason = rejection.reason.code(),
-                field = rejection.field.as_deref().unwrap_or("-"),
-                "record rejected"
-            );
-            self.dead_letters.publish(incoming, rejection).await?;
-            events.push(NewAuditEvent {
-                kind: "ingest_rejected".into(),
-                actor: "broker".into(),
-                department,
-                outcome: "rejected".into(),
-                reason: Some(rejection.reason.code().into()),
-                detail: serde_json::json!({
-                    "record_id": record_id,
-                    "field": rejection.field,
-                    "message": rejection.message,
-                    "topic": incoming.topic,
-                    "partition": incoming.partition,
-                    "offset": incoming.offset,
-                }),
-                ..NewAuditEvent::default()
-            });
-        }
-        self.store.audit_all(events).await?;
+    /// Publishes one rejection's dead letter, then marks it published.
+    async fn dead_letter(
+        &self,
+        incoming: &IncomingRecord,
+        source: &MessageSource,
+        rejection: &Rejection,
+    ) -> Result<()> {
+        let record_id = incoming
+            .record
+            .as_ref()
+            .ok()
+            .map(|r| r.envelope.record_id.as_str());
+        tracing::warn!(
+            record_id = record_id.unwrap_or("-"),
+            topic = %incoming.topic,
+            partition = incoming.partition,
+            offset = incoming.offset,
+            reason = rejection.reason.code(),
+            field = rejection.field.as_deref().unwrap_or("-"),
+            "record rejected"
+        );
+        let form = self.dead_letters.publish(incoming, rejection).await?;
+        faults::hit("ingest.after_dead_letter");
+        self.store
+            .mark_dead_lettered(&[(source, form.as_str())])
+            .await?;
         Ok(())
     }
 
@@ -323,11 +321,13 @@ impl Ingest {
                             stored = handled.iter().filter(|h| **h == Handled::Stored).count(),
                             "batch handled"
                         );
+                        faults::hit("ingest.before_offsets");
                         for incoming in batch.iter() {
                             if let Err(error) = consumer.acknowledge(incoming) {
                                 tracing::warn!(%error, "storing the offset failed; the record may be redelivered");
                             }
                         }
+                        faults::hit("ingest.after_offsets_stored");
                         break;
                     }
                     Err(error) => {
@@ -357,8 +357,49 @@ struct TrustContext {
 }
 
 impl TrustContext {
-    /// Everything short of storing; returns the row to store or why not.
-    fn check(&self, record: &SignedRecord, today: CivilDate) -> Result<StoredRecord, Rejection> {
+    /// Everything short of storing: the row to store, or why not.
+    fn check(
+        &self,
+        record: &SignedRecord,
+        received_at: i64,
+        max_skew: i64,
+        today: CivilDate,
+    ) -> Verdict {
+        let mut signature_verified = false;
+        let mut key_valid = false;
+        match self.verify(
+            record,
+            received_at,
+            max_skew,
+            today,
+            &mut signature_verified,
+            &mut key_valid,
+        ) {
+            Ok(row) => Verdict::Accept(row),
+            Err(rejection) => {
+                let envelope = &record.envelope;
+                Verdict::Reject(RejectedRecord {
+                    rejection,
+                    record_id: Some(envelope.record_id.to_string()),
+                    department: Some(envelope.department.to_string()),
+                    record_type: Some(envelope.record_type.to_string()),
+                    verified: signature_verified && key_valid,
+                    content_digest: signature_verified
+                        .then(|| hex::encode(envelope.content_digest(&record.payload))),
+                })
+            }
+        }
+    }
+
+    fn verify(
+        &self,
+        record: &SignedRecord,
+        received_at: i64,
+        max_skew: i64,
+        today: CivilDate,
+        signature_verified: &mut bool,
+        key_valid: &mut bool,
+    ) -> Result<StoredRecord, Rejection> {
         let envelope = &record.envelope;
         let key_header = datarun_kafka::wire::KEY_ID;
         let Some(Some(key)) = self.keys.get(envelope.signing_key_id.as_str()) else {
@@ -375,13 +416,6 @@ impl TrustContext {
                 "the key is registered to another department",
             ));
         }
-        if let Err(message) = key.valid_at(envelope.issued_at_millis) {
-            return Err(Rejection::at(
-                RejectReason::KeyNotValid,
-                key_header,
-                message,
-            ));
-        }
         if !record.signature_is_valid(&key.public_key) {
             return Err(Rejection::at(
                 RejectReason::SignatureInvalid,
@@ -389,6 +423,17 @@ impl TrustContext {
                 "the signature does not verify against the registered key",
             ));
         }
+        *signature_verified = true;
+        if let Err(rejection) = key
+            .window()
+            .judge(envelope.signed_at_millis, received_at, max_skew)
+        {
+            // A key valid at receipt vouches for the envelope even when the signing time
+            // it states is refused (too far ahead, or before the key's validity).
+            *key_valid = rejection.field.as_deref() == Some(datarun_kafka::wire::SIGNED_AT);
+            return Err(rejection);
+        }
+        *key_valid = true;
         let permission = (
             envelope.department.to_string(),
             envelope.record_type.to_string(),
@@ -422,7 +467,6 @@ impl TrustContext {
                 "the envelope's subject is not the payload's subject",
             ));
         }
-        let input = envelope.signing_input(&record.payload);
         Ok(StoredRecord {
             record_id: envelope.record_id.to_string(),
             certificate_id: validated.certificate_id.to_string(),
@@ -430,9 +474,9 @@ impl TrustContext {
             schema_version: envelope.schema_version,
             department: envelope.department.to_string(),
             subject: validated.subject,
-            issued_at: envelope.issued_at_millis,
+            signed_at: envelope.signed_at_millis,
             signing_key_id: envelope.signing_key_id.to_string(),
-            content_digest: hex::encode(ring::digest::digest(&ring::digest::SHA256, &input)),
+            content_digest: hex::encode(envelope.content_digest(&record.payload)),
             signature_hex: hex::encode(&record.signature),
             fields: validated.fields,
             guardians: validated
@@ -441,5 +485,59 @@ impl TrustContext {
                 .map(|g| g.as_str().to_owned())
                 .collect(),
         })
+    }
+}
+
+/// Where a message was read, with the SHA-256 of its key, value and headers.
+fn message_source(incoming: &IncomingRecord) -> MessageSource {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut part = |bytes: &[u8]| {
+        digest.update(&(bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    };
+    match &incoming.key {
+        Some(key) => {
+            part(b"k");
+            part(key);
+        }
+        None => part(b"-"),
+    }
+    part(&incoming.payload);
+    for (name, value) in &incoming.headers {
+        part(name.as_bytes());
+        part(value);
+    }
+    MessageSource {
+        topic: incoming.topic.clone(),
+        partition: incoming.partition,
+        offset: incoming.offset,
+        message_digest: hex::encode(digest.finish()),
+    }
+}
+
+/// A message whose envelope could not be read: what its headers claim, where readable.
+fn unreadable(incoming: &IncomingRecord, rejection: Rejection) -> RejectedRecord {
+    use datarun_domain::{DepartmentId, RecordId, RecordType};
+    let claimed = |name: &str| {
+        incoming
+            .headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    };
+    let wire = datarun_kafka::wire::RECORD_ID;
+    RejectedRecord {
+        rejection,
+        record_id: claimed(wire)
+            .and_then(|v| RecordId::parse(v).ok())
+            .map(|v| v.to_string()),
+        department: claimed(datarun_kafka::wire::DEPARTMENT)
+            .and_then(|v| DepartmentId::parse(v).ok())
+            .map(|v| v.to_string()),
+        record_type: claimed(datarun_kafka::wire::RECORD_TYPE)
+            .and_then(|v| RecordType::parse(v).ok())
+            .map(|v| v.to_string()),
+        verified: false,
+        content_digest: None,
     }
 }

@@ -62,17 +62,59 @@ pub fn free_port() -> Result<u16> {
 pub struct TansuBroker {
     child: Child,
     port: u16,
+    data_dir: PathBuf,
+    storage: TansuStorage,
+}
+
+/// Where a tansu broker keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TansuStorage {
+    /// `data_dir/tansu.db`: survives a crash; tansu 0.6 serves a fetch in time that
+    /// grows with the backlog behind it, so it suits thousands of records, not 100,000.
+    Sqlite,
+    /// In the broker's memory: fast at any backlog, lost when the broker stops.
+    Memory,
 }
 
 impl TansuBroker {
     /// Starts a broker on `port` with its data in `data_dir/tansu.db`, and waits until it listens.
     pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, TansuStorage::Sqlite)
+    }
+
+    /// Starts a broker with the given storage engine.
+    pub fn start_with(data_dir: &Path, port: u16, storage: TansuStorage) -> Result<Self> {
+        let child = Self::spawn(data_dir, port, storage)?;
+        let mut broker = Self {
+            child,
+            port,
+            data_dir: data_dir.to_owned(),
+            storage,
+        };
+        broker.wait_listening(Duration::from_secs(30))?;
+        Ok(broker)
+    }
+
+    /// Starts the broker again on the same port and data (after [`TansuBroker::kill`]).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = Self::spawn(&self.data_dir, self.port, self.storage)?;
+        self.wait_listening(Duration::from_secs(30))
+    }
+
+    fn spawn(data_dir: &Path, port: u16, storage: TansuStorage) -> Result<Child> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| KafkaError::Broker(format!("{}: {e}", data_dir.display())))?;
         let url = format!("tcp://127.0.0.1:{port}");
         // tansu resolves the SQLite path relative to its working directory.
-        let storage = "sqlite://tansu.db";
-        let log = std::fs::File::create(data_dir.join("tansu.log"))
+        let storage = match storage {
+            TansuStorage::Sqlite => "sqlite://tansu.db",
+            TansuStorage::Memory => "memory://tansu/",
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("tansu.log"))
             .map_err(|e| KafkaError::Broker(format!("tansu.log: {e}")))?;
         let binary = tansu_binary();
         let child = Command::new(&binary)
@@ -100,9 +142,7 @@ impl TansuBroker {
                     binary.display()
                 ))
             })?;
-        let mut broker = Self { child, port };
-        broker.wait_listening(Duration::from_secs(30))?;
-        Ok(broker)
+        Ok(child)
     }
 
     fn wait_listening(&mut self, timeout: Duration) -> Result<()> {

@@ -184,7 +184,35 @@ pub struct IncomingRecord {
 /// Consumes records topics in a consumer group. Offsets are stored only by
 /// [`IngestConsumer::acknowledge`] (after the database commit) and committed from there.
 pub struct IngestConsumer {
-    consumer: StreamConsumer,
+    /// Always `Some` until dropped (`Drop` closes it on a thread of its own).
+    consumer: Option<StreamConsumer>,
+}
+
+/// How long dropping a consumer waits for its close (final commit, leaving the group).
+const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for IngestConsumer {
+    /// Closes the consumer on a thread of its own and waits at most
+    /// `CONSUMER_CLOSE_TIMEOUT`: librdkafka's close waits without bound for a group
+    /// coordinator, and a broker that is down must not keep the hub from stopping.
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let (closed, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if spawned.is_ok() && wait.recv_timeout(CONSUMER_CLOSE_TIMEOUT).is_err() {
+            tracing::warn!(
+                "the Kafka consumer did not close within {CONSUMER_CLOSE_TIMEOUT:?} (broker unreachable?); \
+                 uncommitted offsets will be redelivered"
+            );
+        }
+    }
 }
 
 impl IngestConsumer {
@@ -197,6 +225,15 @@ impl IngestConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("topic.metadata.refresh.interval.ms", "2000")
+            // A crashed instance's partitions move to the others within 10 s (the
+            // default, 45 s, leaves them unconsumed that long).
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            // Also the rebalance timeout: how long a joining instance waits for members
+            // that went silent (tansu waits out the whole of it for a crashed member).
+            // A batch retried for longer (database down) rejoins afterwards; its
+            // records are redelivered and stored idempotently.
+            .set("max.poll.interval.ms", "20000")
             .create()?;
         let topics: Vec<String> = record_types
             .iter()
@@ -204,12 +241,20 @@ impl IngestConsumer {
             .collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer: Some(consumer),
+        })
+    }
+
+    fn consumer(&self) -> Result<&StreamConsumer> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| KafkaError::Broker("the consumer is closed".into()))
     }
 
     /// Waits for the next message.
     pub async fn next(&self) -> Result<IncomingRecord> {
-        let message = self.consumer.recv().await?;
+        let message = self.consumer()?.recv().await?;
         let headers: Vec<(String, Vec<u8>)> = message
             .headers()
             .map(|headers| {
@@ -225,12 +270,13 @@ impl IngestConsumer {
             })
             .unwrap_or_default();
         let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
-        let record = wire::decode_record(&headers, payload.clone());
+        let key = message.key().map(<[u8]>::to_vec);
+        let record = wire::decode_record(key.as_deref(), &headers, &payload);
         Ok(IncomingRecord {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
+            key,
             payload,
             headers,
             record,
@@ -241,7 +287,7 @@ impl IngestConsumer {
     /// record is durably handled (stored, or dead-lettered and audited).
     pub fn acknowledge(&self, incoming: &IncomingRecord) -> Result<()> {
         match self
-            .consumer
+            .consumer()?
             .store_offset(&incoming.topic, incoming.partition, incoming.offset)
         {
             Ok(()) => Ok(()),
@@ -252,11 +298,13 @@ impl IngestConsumer {
         }
     }
 
-    /// Commits stored offsets now (on shutdown).
+    /// Sends the stored offsets' commit now (on shutdown) without waiting for the broker:
+    /// a broker that is down must not keep the hub from stopping (a synchronous commit
+    /// waits without bound). An offset whose commit is lost is redelivered, harmlessly.
     pub fn commit_now(&self) -> Result<()> {
         match self
-            .consumer
-            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+            .consumer()?
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Async)
         {
             Ok(())
             | Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
@@ -267,10 +315,51 @@ impl IngestConsumer {
 
 /// Publishes rejected records to the dead-letter topic: the original key, value and
 /// headers, plus `datarun-reject-reason`, `-field`, `-message` and the source position.
+/// An original too large to forward (or that the broker refuses for its size) goes as
+/// a digested copy instead: value and oversized headers replaced by their SHA-256
+/// digests, marked `datarun-original: digested`. A rejection is never stuck.
 #[derive(Clone)]
 pub struct DeadLetterPublisher {
     producer: FutureProducer,
     topic: String,
+}
+
+/// Dead letters larger than this are sent digested: well under librdkafka's default
+/// `message.max.bytes` (1,000,000) and a broker's usual topic limit.
+pub const DEAD_LETTER_INTACT_MAX_BYTES: usize = 900 * 1024;
+
+/// How a dead letter carries the original message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterForm {
+    Intact,
+    Digested,
+}
+
+impl DeadLetterForm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Intact => "intact",
+            Self::Digested => "digested",
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// True for the errors a smaller message would not get.
+fn is_size_error(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 impl DeadLetterPublisher {
@@ -287,41 +376,124 @@ impl DeadLetterPublisher {
         })
     }
 
-    pub async fn publish(&self, incoming: &IncomingRecord, rejection: &Rejection) -> Result<()> {
-        let mut headers = OwnedHeaders::new_with_capacity(incoming.headers.len() + 6);
-        for (key, value) in &incoming.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value),
-            });
+    /// Publishes the dead letter of `incoming` and returns the form it went in.
+    pub async fn publish(
+        &self,
+        incoming: &IncomingRecord,
+        rejection: &Rejection,
+    ) -> Result<DeadLetterForm> {
+        let size = incoming.payload.len()
+            + incoming.key.as_ref().map_or(0, Vec::len)
+            + incoming
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let too_large = size > DEAD_LETTER_INTACT_MAX_BYTES
+            || rejection.reason == datarun_domain::RejectReason::Oversized;
+        if !too_large {
+            match self.send(incoming, rejection, DeadLetterForm::Intact).await {
+                Ok(()) => return Ok(DeadLetterForm::Intact),
+                Err(error) if is_size_error(&error) => {
+                    tracing::warn!(%error, topic = %incoming.topic, partition = incoming.partition,
+                        offset = incoming.offset, "the broker refused the intact dead letter; sending it digested");
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
-        let offset = incoming.offset.to_string();
-        let partition = incoming.partition.to_string();
+        self.send(incoming, rejection, DeadLetterForm::Digested)
+            .await?;
+        Ok(DeadLetterForm::Digested)
+    }
+
+    async fn send(
+        &self,
+        incoming: &IncomingRecord,
+        rejection: &Rejection,
+        form: DeadLetterForm,
+    ) -> std::result::Result<(), rdkafka::error::KafkaError> {
+        use datarun_domain::limits::{
+            printable_name, MAX_ENVELOPE_HEADER_BYTES, MAX_HEADERS, MAX_HEADER_NAME_BYTES,
+            MAX_KEY_BYTES,
+        };
+        let mut pairs: Vec<(String, Vec<u8>)> = Vec::with_capacity(incoming.headers.len() + 12);
+        let mut key = incoming.key.as_deref();
+        let mut payload = incoming.payload.as_slice();
+        match form {
+            DeadLetterForm::Intact => pairs.extend(incoming.headers.iter().cloned()),
+            DeadLetterForm::Digested => {
+                for (name, value) in incoming.headers.iter().take(MAX_HEADERS) {
+                    let small = name.len() <= MAX_HEADER_NAME_BYTES
+                        && value.len() <= MAX_ENVELOPE_HEADER_BYTES;
+                    if small {
+                        pairs.push((name.clone(), value.clone()));
+                    } else {
+                        pairs.push((
+                            printable_name(name.as_bytes()),
+                            format!("sha256:{} ({} bytes)", sha256_hex(value), value.len())
+                                .into_bytes(),
+                        ));
+                    }
+                }
+                if let Some(original) = key.filter(|k| k.len() > MAX_KEY_BYTES) {
+                    pairs.push((
+                        "datarun-original-key-sha256".into(),
+                        sha256_hex(original).into_bytes(),
+                    ));
+                    key = None;
+                }
+                pairs.push((
+                    wire::ORIGINAL_VALUE_SHA256.into(),
+                    sha256_hex(payload).into_bytes(),
+                ));
+                pairs.push((
+                    wire::ORIGINAL_VALUE_BYTES.into(),
+                    payload.len().to_string().into_bytes(),
+                ));
+                pairs.push((
+                    "datarun-original-header-count".into(),
+                    incoming.headers.len().to_string().into_bytes(),
+                ));
+                payload = &[];
+            }
+        }
         let extra = [
-            (wire::REJECT_REASON, rejection.reason.code()),
-            (wire::REJECT_FIELD, rejection.field.as_deref().unwrap_or("")),
-            (wire::REJECT_MESSAGE, rejection.message.as_str()),
-            (wire::SOURCE_TOPIC, incoming.topic.as_str()),
-            (wire::SOURCE_PARTITION, partition.as_str()),
-            (wire::SOURCE_OFFSET, offset.as_str()),
+            (wire::REJECT_REASON, rejection.reason.code().to_owned()),
+            (
+                wire::REJECT_FIELD,
+                rejection.field.clone().unwrap_or_default(),
+            ),
+            (wire::REJECT_MESSAGE, rejection.message.clone()),
+            (wire::SOURCE_TOPIC, incoming.topic.clone()),
+            (wire::SOURCE_PARTITION, incoming.partition.to_string()),
+            (wire::SOURCE_OFFSET, incoming.offset.to_string()),
+            (wire::ORIGINAL, form.as_str().to_owned()),
         ];
-        for (key, value) in extra {
-            headers = headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value),
-            });
-        }
+        pairs.extend(
+            extra
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.into_bytes())),
+        );
+        let headers = pairs.iter().fold(
+            OwnedHeaders::new_with_capacity(pairs.len()),
+            |headers, (name, value)| {
+                headers.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(value),
+                })
+            },
+        );
         let mut record = FutureRecord::to(&self.topic)
-            .payload(&incoming.payload)
+            .payload(payload)
             .headers(headers);
-        if let Some(key) = &incoming.key {
+        if let Some(key) = key {
             record = record.key(key);
         }
         self.producer
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(error, _)| KafkaError::Client(error))?;
-        Ok(())
+            .map(drop)
+            .map_err(|(error, _)| error)
     }
 }
 
@@ -343,7 +515,9 @@ pub async fn read_topic(
         assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let consumer = IngestConsumer { consumer };
+    let consumer = IngestConsumer {
+        consumer: Some(consumer),
+    };
     let mut messages = Vec::new();
     loop {
         match tokio::time::timeout(wait, consumer.next()).await {

@@ -8,15 +8,9 @@ use datarun_domain::{
 };
 use rdkafka::message::{Header, OwnedHeaders};
 
-pub const RECORD_ID: &str = "datarun-record-id";
-pub const DEPARTMENT: &str = "datarun-department";
-pub const RECORD_TYPE: &str = "datarun-record-type";
-pub const SCHEMA_VERSION: &str = "datarun-schema-version";
-pub const SUBJECT: &str = "datarun-subject";
-pub const ISSUED_AT: &str = "datarun-issued-at";
-pub const KEY_ID: &str = "datarun-key-id";
-/// Lower-case hex of the 64-byte Ed25519 signature.
-pub const SIGNATURE: &str = "datarun-signature";
+pub use datarun_domain::envelope::header::{
+    DEPARTMENT, KEY_ID, RECORD_ID, RECORD_TYPE, SCHEMA_VERSION, SIGNATURE, SIGNED_AT, SUBJECT,
+};
 
 pub const REJECT_REASON: &str = "datarun-reject-reason";
 pub const REJECT_FIELD: &str = "datarun-reject-field";
@@ -24,11 +18,17 @@ pub const REJECT_MESSAGE: &str = "datarun-reject-message";
 pub const SOURCE_TOPIC: &str = "datarun-source-topic";
 pub const SOURCE_PARTITION: &str = "datarun-source-partition";
 pub const SOURCE_OFFSET: &str = "datarun-source-offset";
+/// `intact` when the dead letter carries the original key, value and headers; `digested`
+/// when they were too large to forward and were replaced by their SHA-256 digests.
+pub const ORIGINAL: &str = "datarun-original";
+/// On a digested dead letter: the SHA-256 (hex) and length of the original value.
+pub const ORIGINAL_VALUE_SHA256: &str = "datarun-original-value-sha256";
+pub const ORIGINAL_VALUE_BYTES: &str = "datarun-original-value-bytes";
 
 pub fn envelope_headers(record: &SignedRecord) -> OwnedHeaders {
     let envelope = &record.envelope;
     let version = envelope.schema_version.to_string();
-    let issued_at = envelope.issued_at_millis.to_string();
+    let signed_at = envelope.signed_at_millis.to_string();
     let signature = hex::encode(&record.signature);
     let pairs = [
         (RECORD_ID, envelope.record_id.as_str()),
@@ -36,7 +36,7 @@ pub fn envelope_headers(record: &SignedRecord) -> OwnedHeaders {
         (RECORD_TYPE, envelope.record_type.as_str()),
         (SCHEMA_VERSION, version.as_str()),
         (SUBJECT, envelope.subject.as_str()),
-        (ISSUED_AT, issued_at.as_str()),
+        (SIGNED_AT, signed_at.as_str()),
         (KEY_ID, envelope.signing_key_id.as_str()),
         (SIGNATURE, signature.as_str()),
     ];
@@ -51,16 +51,22 @@ pub fn envelope_headers(record: &SignedRecord) -> OwnedHeaders {
     )
 }
 
-/// Reads the envelope from headers; a missing or malformed header is `envelope_invalid`
-/// with the header name as the field path.
+/// Reads the envelope from headers after checking every bound (`limits`); a missing,
+/// repeated or malformed header is `envelope_invalid` with the header name as the field
+/// path, and a record id that does not start with its department's id is refused.
 pub fn decode_record(
+    key: Option<&[u8]>,
     headers: &[(String, Vec<u8>)],
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Result<SignedRecord, Rejection> {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (name.as_bytes(), value.as_slice()))
+        .collect();
+    datarun_domain::limits::check_message(key, payload, &pairs)?;
     let header = |name: &'static str| -> Result<&str, Rejection> {
         let value = headers
             .iter()
-            .rev()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value)
             .ok_or_else(|| {
@@ -70,7 +76,7 @@ pub fn decode_record(
             .map_err(|_| Rejection::at(RejectReason::EnvelopeInvalid, name, "header is not UTF-8"))
     };
     let parsed = |name: &'static str, error: datarun_domain::IdError| {
-        Rejection::at(RejectReason::EnvelopeInvalid, name, error.to_string())
+        Rejection::at(RejectReason::EnvelopeInvalid, name, error.without_values())
     };
     let number = |name: &'static str| -> Result<i64, Rejection> {
         header(name)?.parse::<i64>().map_err(|_| {
@@ -106,7 +112,7 @@ pub fn decode_record(
             "subject must be 1-64 characters",
         ));
     }
-    Ok(SignedRecord {
+    let record = SignedRecord {
         envelope: RecordEnvelope {
             record_id: RecordId::parse(header(RECORD_ID)?).map_err(|e| parsed(RECORD_ID, e))?,
             department: DepartmentId::parse(header(DEPARTMENT)?)
@@ -115,12 +121,23 @@ pub fn decode_record(
                 .map_err(|e| parsed(RECORD_TYPE, e))?,
             schema_version,
             subject: subject.to_owned(),
-            issued_at_millis: number(ISSUED_AT)?,
+            signed_at_millis: number(SIGNED_AT)?,
             signing_key_id: KeyId::parse(header(KEY_ID)?).map_err(|e| parsed(KEY_ID, e))?,
         },
-        payload,
+        payload: payload.to_vec(),
         signature,
-    })
+    };
+    if !record.envelope.record_id_belongs_to_department() {
+        return Err(Rejection::at(
+            RejectReason::EnvelopeInvalid,
+            RECORD_ID,
+            format!(
+                "a record id must start with its department's id: {}-",
+                record.envelope.department
+            ),
+        ));
+    }
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -131,12 +148,12 @@ mod tests {
     fn record() -> SignedRecord {
         SignedRecord {
             envelope: RecordEnvelope {
-                record_id: RecordId::parse("r1").unwrap(),
+                record_id: RecordId::parse("health-r1").unwrap(),
                 department: DepartmentId::parse("health").unwrap(),
                 record_type: RecordType::parse("health.birth_certificate").unwrap(),
                 schema_version: 1,
                 subject: "440303201506303948".into(),
-                issued_at_millis: 42,
+                signed_at_millis: 42,
                 signing_key_id: KeyId::parse("health-2026").unwrap(),
             },
             payload: vec![1, 2, 3],
@@ -151,14 +168,15 @@ mod tests {
             .collect()
     }
 
+    fn decode(pairs: &[(String, Vec<u8>)]) -> Result<SignedRecord, Rejection> {
+        decode_record(Some(b"440303201506303948"), pairs, &[1, 2, 3])
+    }
+
     #[test]
     fn headers_round_trip() {
         let record = record();
         let pairs = as_pairs(&envelope_headers(&record));
-        assert_eq!(
-            decode_record(&pairs, record.payload.clone()).unwrap(),
-            record
-        );
+        assert_eq!(decode(&pairs).unwrap(), record);
     }
 
     #[test]
@@ -166,20 +184,43 @@ mod tests {
         let record = record();
         let mut pairs = as_pairs(&envelope_headers(&record));
         pairs.retain(|(k, _)| k != KEY_ID);
-        let rejection = decode_record(&pairs, vec![]).unwrap_err();
+        let rejection = decode(&pairs).unwrap_err();
         assert_eq!(
             (rejection.reason, rejection.field.as_deref()),
             (RejectReason::EnvelopeInvalid, Some(KEY_ID))
         );
-        let mut pairs = as_pairs(&envelope_headers(&record));
-        pairs.push((ISSUED_AT.into(), b"yesterday".to_vec()));
-        let rejection = decode_record(&pairs, vec![]).unwrap_err();
-        assert_eq!(rejection.field.as_deref(), Some(ISSUED_AT));
-        let mut pairs = as_pairs(&envelope_headers(&record));
-        pairs.push((SIGNATURE.into(), b"abcd".to_vec()));
+        let replace = |name: &str, value: &[u8]| {
+            let mut pairs = as_pairs(&envelope_headers(&record));
+            for pair in pairs.iter_mut().filter(|(k, _)| k == name) {
+                pair.1 = value.to_vec();
+            }
+            decode(&pairs).unwrap_err()
+        };
+        let rejection = replace(SIGNED_AT, b"yesterday");
+        assert_eq!(rejection.field.as_deref(), Some(SIGNED_AT));
         assert_eq!(
-            decode_record(&pairs, vec![]).unwrap_err().reason,
+            replace(SIGNATURE, b"abcd").reason,
             RejectReason::SignatureInvalid
+        );
+        // Another department's record id.
+        let rejection = replace(RECORD_ID, b"tax-r1");
+        assert_eq!(
+            (rejection.reason, rejection.field.as_deref()),
+            (RejectReason::EnvelopeInvalid, Some(RECORD_ID))
+        );
+        // A second signature header, even a valid-looking one, makes the envelope ambiguous.
+        let mut pairs = as_pairs(&envelope_headers(&record));
+        pairs.insert(0, (SIGNATURE.to_owned(), vec![b'0'; 128]));
+        let rejection = decode(&pairs).unwrap_err();
+        assert_eq!(
+            (rejection.reason, rejection.field.as_deref()),
+            (RejectReason::EnvelopeInvalid, Some(SIGNATURE))
+        );
+        // A giant header is refused before it is read.
+        let rejection = replace(RECORD_ID, &vec![b'a'; 600_000]);
+        assert_eq!(
+            (rejection.reason, rejection.field.as_deref()),
+            (RejectReason::Oversized, Some(RECORD_ID))
         );
     }
 }

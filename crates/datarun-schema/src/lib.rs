@@ -30,8 +30,8 @@ pub enum SchemaError {
 
 pub type Result<T, E = SchemaError> = std::result::Result<T, E>;
 
-/// The largest payload the broker decodes (bytes).
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// The largest payload the broker decodes (bytes): the bound every message is held to.
+pub const MAX_PAYLOAD_BYTES: usize = datarun_domain::limits::MAX_VALUE_BYTES;
 
 /// Which identifier parser a string field must pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,23 @@ pub struct RecordSchema {
     pub definition: String,
     avro: Schema,
     fields: Vec<FieldSpec>,
+}
+
+/// The kind of an Avro decoding failure, without the values apache-avro may quote: its
+/// message up to the first colon, when that part is plain words.
+fn decode_failure(error: &apache_avro::Error) -> String {
+    let message = error.to_string();
+    let head = message.split(':').next().unwrap_or_default().trim();
+    let plain = !head.is_empty()
+        && head.len() <= 80
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '-');
+    if plain {
+        head.to_lowercase()
+    } else {
+        "malformed data".into()
+    }
 }
 
 fn field_error(field: &str, message: impl Into<String>) -> SchemaError {
@@ -240,9 +257,16 @@ impl RecordSchema {
         let mut reader = payload;
         let value =
             apache_avro::from_avro_datum(&self.avro, &mut reader, None).map_err(|error| {
+                // apache-avro's messages can quote the bytes or values it choked on:
+                // only the kind of failure leaves the hub.
                 Rejection::new(
                     RejectReason::SchemaInvalid,
-                    format!("payload does not decode: {error}"),
+                    format!(
+                        "payload does not decode as {} version {} ({})",
+                        self.record_type,
+                        self.version,
+                        decode_failure(&error)
+                    ),
                 )
             })?;
         if !reader.is_empty() {
@@ -280,7 +304,7 @@ impl RecordSchema {
                         Rejection::at(
                             RejectReason::IdentifierInvalid,
                             &spec.name,
-                            error.to_string(),
+                            error.without_values(),
                         )
                     })?;
                 }

@@ -37,7 +37,8 @@ pub struct ReleasedCertificate {
     pub record_id: String,
     pub record_type: String,
     pub issuing_department: String,
-    pub issued_at_millis: i64,
+    /// When the issuing department signed this version.
+    pub signed_at_millis: i64,
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -417,9 +418,9 @@ impl Store {
         let outcome = match (decision, consent) {
             (Ok(()), Some(mut consent)) => {
                 let rows = sqlx::query(
-                    "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.issued_at, r.fields_json
+                    "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at, r.fields_json
                      FROM certificates c JOIN records r ON r.record_id = c.current_record_id
-                     WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.issued_at",
+                     WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.signed_at",
                 )
                 .bind(subject)
                 .bind(record_type.as_str())
@@ -435,7 +436,7 @@ impl Store {
                         record_id: text(row, "current_record_id")?,
                         record_type: text(row, "record_type")?,
                         issuing_department: text(row, "department_id")?,
-                        issued_at_millis: integer(row, "issued_at")?,
+                        signed_at_millis: integer(row, "signed_at")?,
                         fields: consent.release_fields(fields),
                     });
                 }

@@ -9,14 +9,21 @@
 mod actors;
 mod audit;
 mod consents;
+pub mod faults;
 mod records;
 mod registry;
+mod rejections;
+mod settings;
 
 pub use actors::Actor;
 pub use audit::{AuditFilter, NewAuditEvent};
 pub use consents::{ConsentGrant, LookupOutcome, ReleasedCertificate};
-pub use records::{StoreOutcome, StoredRecord};
+pub use records::{
+    IngestItem, IngestOutcome, MessageSource, RejectedRecord, StoredRecord, Verdict,
+};
 pub use registry::TrustedKey;
+pub use rejections::{RejectionEntry, RejectionFilter};
+pub use settings::PSEUDONYM_KEY_MIN_BYTES;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -61,13 +68,22 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
         >,
     > {
         Box::pin(async {
-            Ok(vec![Migration::new(
-                1,
-                Cow::Borrowed("initial"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/0001_initial.sql")),
-                false,
-            )])
+            Ok(vec![
+                Migration::new(
+                    1,
+                    Cow::Borrowed("initial"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0001_initial.sql")),
+                    false,
+                ),
+                Migration::new(
+                    2,
+                    Cow::Borrowed("ingest trust"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0002_ingest_trust.sql")),
+                    false,
+                ),
+            ])
         })
     }
 }
@@ -192,13 +208,15 @@ impl Store {
             .await?;
         let migrator = Migrator::new(EmbeddedMigrations).await?;
         migrator.run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
             backend,
             pseudonym_key: std::sync::Arc::new(pseudonym_key),
             sqlite_writer: std::sync::Arc::default(),
             lookup_queue: std::sync::Arc::default(),
-        })
+        };
+        store.check_pseudonym_key().await?;
+        Ok(store)
     }
 
     /// Creates database `name` on the PostgreSQL server at `admin_url` (tests and operators).
@@ -252,9 +270,14 @@ impl Store {
         datarun_domain::pseudonym(&self.pseudonym_key, identifier)
     }
 
-    /// True when the database answers.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
+    /// Whether the database answers within two seconds; the error says why not.
+    pub async fn ping(&self) -> std::result::Result<(), String> {
+        let query = sqlx::query("SELECT 1").fetch_one(&self.pool);
+        match tokio::time::timeout(Duration::from_secs(2), query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer within 2 s".into()),
+        }
     }
 
     pub async fn close(&self) {

@@ -1,7 +1,11 @@
-//! Accepted records: the history of every version and the latest version of each certificate.
+//! Accepted records (the history of every version and the latest version of each
+//! certificate) and rejected messages, written together for one ingest batch.
 
-use crate::{integer, now_millis, text, Result, Store};
-use std::collections::HashMap;
+use crate::audit::{insert_event, lock_head, set_head, NewAuditEvent};
+use crate::{integer, now_millis, optional_integer, optional_text, text, Backend, Result, Store};
+use datarun_domain::versions::{decide, Stored, VersionDecision};
+use datarun_domain::{RejectReason, Rejection};
+use std::collections::{BTreeMap, HashMap};
 
 /// A record that passed verification and validation, ready to store.
 #[derive(Debug, Clone)]
@@ -12,36 +16,78 @@ pub struct StoredRecord {
     pub schema_version: u32,
     pub department: String,
     pub subject: String,
-    pub issued_at: i64,
+    /// When the department signed, already bounded by the hub's clock.
+    pub signed_at: i64,
     pub signing_key_id: String,
-    /// SHA-256 of the signing input: equal digests mean the very same record.
+    /// The record's content digest (`RecordEnvelope::content_digest`), hex: equal digests
+    /// under one record id mean the very same record.
     pub content_digest: String,
     pub signature_hex: String,
     pub fields: serde_json::Map<String, serde_json::Value>,
     pub guardians: Vec<String>,
 }
 
-/// What storing a record did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOutcome {
-    /// Stored as the certificate's current version.
+/// Where a message was read, and the SHA-256 of all of it (key, value and headers), so a
+/// message is recognised when a batch is retried, and told apart from another message
+/// at a reused position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSource {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub message_digest: String,
+}
+
+/// A message the checks refused, with what its envelope claims.
+#[derive(Debug, Clone)]
+pub struct RejectedRecord {
+    pub rejection: Rejection,
+    pub record_id: Option<String>,
+    pub department: Option<String>,
+    pub record_type: Option<String>,
+    /// True when the signature verified under a key valid at receipt: the claims are
+    /// then the department's own. False: they are unverified claims.
+    pub verified: bool,
+    /// Set when the signature verified (even under a key revoked since): the record's
+    /// content digest. A redelivery of a record stored before its key was revoked is
+    /// then a duplicate, not a rejection.
+    pub content_digest: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Accept(StoredRecord),
+    Reject(RejectedRecord),
+}
+
+/// One consumed message and what the checks said about it.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    pub source: MessageSource,
+    pub verdict: Verdict,
+}
+
+/// What storing one message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored as its certificate's current version.
     Stored,
-    /// The same record was stored before (a redelivery): nothing changed.
+    /// The same record was stored before: nothing changed.
     Duplicate,
-    /// The record id was used before for different content.
-    Replayed,
-    /// A version issued at the same time or later is already stored.
-    Stale,
-    /// The certificate id belongs to another department's certificate.
-    ForeignCertificate,
+    /// Refused, recorded and audited (now or by an earlier attempt, whose decision
+    /// stands); `dead_lettered` once its dead letter was published.
+    Rejected {
+        rejection: Rejection,
+        dead_lettered: bool,
+    },
 }
 
 /// Rows per multi-row statement: far below SQLite's and PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// `$1, $2, …, $n`, for an `IN (…)` list.
-fn parameter_list(n: usize) -> String {
-    (1..=n)
+/// `$first, …, $(first + n - 1)`, for an `IN (…)` list.
+fn parameter_list(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -59,34 +105,105 @@ fn placeholders(rows: usize, columns: usize) -> String {
         .join(", ")
 }
 
+/// The PostgreSQL advisory-lock key of a certificate: its SHA-256's first 8 bytes.
+fn certificate_lock_key(certificate_id: &str) -> i64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, certificate_id.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// A rejection recorded by an earlier attempt.
+struct RecordedRejection {
+    rejection: Rejection,
+    dead_lettered: bool,
+}
+
+/// What a rejection is recorded with, for the rejection row and its audit event.
+struct NewRejection<'a> {
+    source: &'a MessageSource,
+    rejected: RejectedRecord,
+}
+
+/// The envelope fields of a rejection's audit event that are the publisher's unverified word.
+const UNVERIFIED_FIELDS: [&str; 7] = [
+    "record_id",
+    "department",
+    "record_type",
+    "schema_version",
+    "subject",
+    "signed_at",
+    "key_id",
+];
+
 impl Store {
-    /// Stores a batch of records in one transaction, in order, and returns what happened
-    /// to each. Every new record joins the history; the newest version of each
-    /// certificate becomes its current version. A record whose id was seen before is a
-    /// duplicate (same content) or a replay (other content); a version not newer than the
-    /// stored one is stale; a certificate of another department is refused.
-    pub async fn store_records(&self, records: &[StoredRecord]) -> Result<Vec<StoreOutcome>> {
-        if records.is_empty() {
+    /// Stores one ingest batch in one transaction and returns what happened to each
+    /// message, in order. Accepted records join the history and the newest version of
+    /// each certificate becomes current (`versions::decide`; records later in the batch
+    /// see earlier ones). Rejected messages are recorded and audited once: a message
+    /// already recorded by an earlier attempt keeps that decision and is not audited
+    /// again. On PostgreSQL the batch's certificates are locked first (advisory locks,
+    /// in key order), so hub instances writing versions of one certificate at once
+    /// never let an older version win.
+    pub async fn store_batch(&self, items: &[IngestItem]) -> Result<Vec<IngestOutcome>> {
+        if items.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        // What is already stored, for every record id and certificate in the batch.
+        let accepted: Vec<&StoredRecord> = items
+            .iter()
+            .filter_map(|item| match &item.verdict {
+                Verdict::Accept(record) => Some(record),
+                Verdict::Reject(_) => None,
+            })
+            .collect();
+        if self.backend == Backend::Postgres {
+            let mut keys: Vec<i64> = accepted
+                .iter()
+                .map(|r| certificate_lock_key(&r.certificate_id))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "SELECT pg_advisory_xact_lock(k) FROM (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k) AS s",
+                    placeholders(chunk.len(), 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for key in chunk {
+                    query = query.bind(*key);
+                }
+                query.execute(&mut **tx).await?;
+            }
+        }
+        let recorded = self.recorded_rejections(&mut tx, items).await?;
+        // What is stored already, for every record id and certificate the batch names.
+        let mut record_ids: Vec<&str> = accepted.iter().map(|r| r.record_id.as_str()).collect();
+        record_ids.extend(items.iter().filter_map(|item| match &item.verdict {
+            Verdict::Reject(rejected) if rejected.content_digest.is_some() => {
+                rejected.record_id.as_deref()
+            }
+            _ => None,
+        }));
         let mut digests: HashMap<String, String> = HashMap::new();
-        let mut current: HashMap<String, (String, i64)> = HashMap::new();
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let list = parameter_list(chunk.len());
+        for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT record_id, content_digest FROM records WHERE record_id IN ({list})"
+                "SELECT record_id, content_digest FROM records WHERE record_id IN ({})",
+                parameter_list(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
-            for record in chunk {
-                query = query.bind(&record.record_id);
+            for record_id in chunk {
+                query = query.bind(*record_id);
             }
             for row in query.fetch_all(&mut **tx).await? {
                 digests.insert(text(&row, "record_id")?, text(&row, "content_digest")?);
             }
+        }
+        let mut current: HashMap<String, (String, i64)> = HashMap::new();
+        for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT certificate_id, department_id, issued_at FROM certificates WHERE certificate_id IN ({list})"
+                "SELECT certificate_id, department_id, signed_at FROM certificates WHERE certificate_id IN ({})",
+                parameter_list(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for record in chunk {
@@ -95,46 +212,159 @@ impl Store {
             for row in query.fetch_all(&mut **tx).await? {
                 current.insert(
                     text(&row, "certificate_id")?,
-                    (text(&row, "department_id")?, integer(&row, "issued_at")?),
+                    (text(&row, "department_id")?, integer(&row, "signed_at")?),
                 );
             }
         }
-        // Decide in order, so later records in the batch see earlier ones.
-        let mut outcomes = Vec::with_capacity(records.len());
-        let mut accepted: Vec<&StoredRecord> = Vec::new();
-        let mut newest: HashMap<&str, &StoredRecord> = HashMap::new();
-        for record in records {
-            let outcome = if let Some(digest) = digests.get(&record.record_id) {
-                if *digest == record.content_digest {
-                    StoreOutcome::Duplicate
-                } else {
-                    StoreOutcome::Replayed
-                }
-            } else {
-                match current.get(&record.certificate_id) {
-                    Some((department, _)) if *department != record.department => {
-                        StoreOutcome::ForeignCertificate
+        // Decide in order, so later messages in the batch see earlier ones.
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut to_store: Vec<&StoredRecord> = Vec::new();
+        let mut newest: BTreeMap<&str, &StoredRecord> = BTreeMap::new();
+        let mut new_rejections: Vec<NewRejection<'_>> = Vec::new();
+        for item in items {
+            if let Some(earlier) = recorded.get(&source_key(&item.source)) {
+                outcomes.push(IngestOutcome::Rejected {
+                    rejection: earlier.rejection.clone(),
+                    dead_lettered: earlier.dead_lettered,
+                });
+                continue;
+            }
+            let rejected = match &item.verdict {
+                Verdict::Accept(record) => {
+                    let stored = Stored {
+                        digest_under_record_id: digests.get(&record.record_id).map(String::as_str),
+                        current: current
+                            .get(&record.certificate_id)
+                            .map(|(department, signed_at)| (department.as_str(), *signed_at)),
+                    };
+                    match decide(
+                        stored,
+                        &record.content_digest,
+                        &record.department,
+                        record.signed_at,
+                    ) {
+                        VersionDecision::Store => {
+                            digests.insert(record.record_id.clone(), record.content_digest.clone());
+                            current.insert(
+                                record.certificate_id.clone(),
+                                (record.department.clone(), record.signed_at),
+                            );
+                            to_store.push(record);
+                            newest.insert(&record.certificate_id, record);
+                            outcomes.push(IngestOutcome::Stored);
+                            continue;
+                        }
+                        VersionDecision::Duplicate => {
+                            outcomes.push(IngestOutcome::Duplicate);
+                            continue;
+                        }
+                        VersionDecision::Reject(rejection) => RejectedRecord {
+                            rejection,
+                            record_id: Some(record.record_id.clone()),
+                            department: Some(record.department.clone()),
+                            record_type: Some(record.record_type.clone()),
+                            verified: true,
+                            content_digest: Some(record.content_digest.clone()),
+                        },
                     }
-                    Some((_, issued_at)) if *issued_at >= record.issued_at => StoreOutcome::Stale,
-                    _ => StoreOutcome::Stored,
+                }
+                Verdict::Reject(rejected) => {
+                    let stored_same = rejected
+                        .record_id
+                        .as_ref()
+                        .and_then(|id| digests.get(id))
+                        .is_some_and(|digest| Some(digest) == rejected.content_digest.as_ref());
+                    if stored_same {
+                        outcomes.push(IngestOutcome::Duplicate);
+                        continue;
+                    }
+                    rejected.clone()
                 }
             };
-            if outcome == StoreOutcome::Stored {
-                digests.insert(record.record_id.clone(), record.content_digest.clone());
-                current.insert(
-                    record.certificate_id.clone(),
-                    (record.department.clone(), record.issued_at),
-                );
-                accepted.push(record);
-                newest.insert(&record.certificate_id, record);
-            }
-            outcomes.push(outcome);
+            outcomes.push(IngestOutcome::Rejected {
+                rejection: rejected.rejection.clone(),
+                dead_lettered: false,
+            });
+            new_rejections.push(NewRejection {
+                source: &item.source,
+                rejected,
+            });
         }
         let now = now_millis();
-        for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
+        self.insert_records(&mut tx, &to_store, newest.into_values().collect(), now)
+            .await?;
+        if !new_rejections.is_empty() {
+            self.record_rejections(&mut tx, new_rejections, now).await?;
+        }
+        crate::faults::hit("store.before_commit");
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Rejections an earlier attempt recorded for messages of this batch.
+    async fn recorded_rejections(
+        &self,
+        tx: &mut crate::WriteTransaction,
+        items: &[IngestItem],
+    ) -> Result<HashMap<(String, i32, i64, String), RecordedRejection>> {
+        let mut ranges: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+        for item in items {
+            let range = ranges
+                .entry((item.source.topic.as_str(), item.source.partition))
+                .or_insert((item.source.offset, item.source.offset));
+            range.0 = range.0.min(item.source.offset);
+            range.1 = range.1.max(item.source.offset);
+        }
+        let mut recorded = HashMap::new();
+        for ((topic, partition), (first, last)) in ranges {
+            let rows = sqlx::query(
+                "SELECT source_offset, message_digest, reason, field, message, dead_lettered_at
+                 FROM ingest_rejections
+                 WHERE source_topic = $1 AND source_partition = $2 AND source_offset BETWEEN $3 AND $4",
+            )
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(first)
+            .bind(last)
+            .fetch_all(&mut ***tx)
+            .await?;
+            for row in rows {
+                let code = text(&row, "reason")?;
+                let reason = RejectReason::from_code(&code).ok_or_else(|| {
+                    crate::StoreError::Corrupt(format!("unknown rejection reason {code}"))
+                })?;
+                recorded.insert(
+                    (
+                        topic.to_owned(),
+                        partition,
+                        integer(&row, "source_offset")?,
+                        text(&row, "message_digest")?,
+                    ),
+                    RecordedRejection {
+                        rejection: Rejection {
+                            reason,
+                            field: optional_text(&row, "field")?,
+                            message: text(&row, "message")?,
+                        },
+                        dead_lettered: optional_integer(&row, "dead_lettered_at")?.is_some(),
+                    },
+                );
+            }
+        }
+        Ok(recorded)
+    }
+
+    async fn insert_records(
+        &self,
+        tx: &mut crate::WriteTransaction,
+        records: &[&StoredRecord],
+        latest: Vec<&StoredRecord>,
+        now: i64,
+    ) -> Result<()> {
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                     issued_at, signing_key_id, content_digest, signature_hex, fields_json, stored_at)
+                     signed_at, signing_key_id, content_digest, signature_hex, fields_json, stored_at)
                  VALUES {}",
                 placeholders(chunk.len(), 12)
             );
@@ -147,25 +377,27 @@ impl Store {
                     .bind(i64::from(record.schema_version))
                     .bind(&record.department)
                     .bind(&record.subject)
-                    .bind(record.issued_at)
+                    .bind(record.signed_at)
                     .bind(&record.signing_key_id)
                     .bind(&record.content_digest)
                     .bind(&record.signature_hex)
                     .bind(serde_json::Value::Object(record.fields.clone()).to_string())
                     .bind(now);
             }
-            query.execute(&mut **tx).await?;
+            query.execute(&mut ***tx).await?;
         }
-        let latest: Vec<&StoredRecord> = newest.into_values().collect();
         for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            // The WHERE guard keeps the newest version current even if a writer that
+            // did not take the certificate's lock got here first.
             let sql = format!(
                 "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
-                     issued_at, updated_at)
+                     signed_at, updated_at)
                  VALUES {}
                  ON CONFLICT (certificate_id) DO UPDATE SET
                      record_type = excluded.record_type, subject_id = excluded.subject_id,
-                     current_record_id = excluded.current_record_id, issued_at = excluded.issued_at,
-                     updated_at = excluded.updated_at",
+                     current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
+                     updated_at = excluded.updated_at
+                 WHERE certificates.signed_at < excluded.signed_at",
                 placeholders(chunk.len(), 7)
             );
             let mut query = sqlx::query(&sql);
@@ -176,17 +408,19 @@ impl Store {
                     .bind(&record.department)
                     .bind(&record.subject)
                     .bind(&record.record_id)
-                    .bind(record.issued_at)
+                    .bind(record.signed_at)
                     .bind(now);
             }
-            query.execute(&mut **tx).await?;
-            let list = parameter_list(chunk.len());
-            let sql = format!("DELETE FROM certificate_guardians WHERE certificate_id IN ({list})");
+            query.execute(&mut ***tx).await?;
+            let sql = format!(
+                "DELETE FROM certificate_guardians WHERE certificate_id IN ({})",
+                parameter_list(1, chunk.len())
+            );
             let mut query = sqlx::query(&sql);
             for record in chunk {
                 query = query.bind(&record.certificate_id);
             }
-            query.execute(&mut **tx).await?;
+            query.execute(&mut ***tx).await?;
             let guardians: Vec<(&str, &str, &str)> = chunk
                 .iter()
                 .flat_map(|r| {
@@ -207,11 +441,92 @@ impl Store {
                 for (certificate, guardian, subject) in guardians {
                     query = query.bind(certificate).bind(guardian).bind(subject);
                 }
-                query.execute(&mut **tx).await?;
+                query.execute(&mut ***tx).await?;
             }
         }
-        tx.commit().await?;
-        Ok(outcomes)
+        Ok(())
+    }
+
+    /// Records and audits new rejections, in order, at the end of the chain.
+    async fn record_rejections(
+        &self,
+        tx: &mut crate::WriteTransaction,
+        rejections: Vec<NewRejection<'_>>,
+        now: i64,
+    ) -> Result<()> {
+        let (mut seq, mut hash) = lock_head(tx).await?;
+        for NewRejection { source, rejected } in rejections {
+            let rejection = &rejected.rejection;
+            let event = NewAuditEvent {
+                kind: "ingest_rejected".into(),
+                actor: "broker".into(),
+                // Only a verified department is attributed; a claim stays in the detail.
+                department: rejected.department.clone().filter(|_| rejected.verified),
+                outcome: "rejected".into(),
+                reason: Some(rejection.reason.code().into()),
+                detail: serde_json::json!({
+                    "record_id": rejected.record_id,
+                    "claimed_department": rejected.department,
+                    "record_type": rejected.record_type,
+                    "envelope_verified": rejected.verified,
+                    "unverified_fields": if rejected.verified { &[][..] } else { &UNVERIFIED_FIELDS[..] },
+                    "field": rejection.field,
+                    "message": rejection.message,
+                    "topic": source.topic,
+                    "partition": source.partition,
+                    "offset": source.offset,
+                    "message_sha256": source.message_digest,
+                }),
+                ..NewAuditEvent::default()
+            };
+            let audited = insert_event(tx, seq + 1, &hash, event).await?;
+            (seq, hash) = (audited.seq, audited.hash);
+            sqlx::query(
+                "INSERT INTO ingest_rejections (source_topic, source_partition, source_offset, message_digest,
+                     reason, field, message, record_id, department_id, record_type, verified, rejected_at, audit_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&source.topic)
+            .bind(i64::from(source.partition))
+            .bind(source.offset)
+            .bind(&source.message_digest)
+            .bind(rejection.reason.code())
+            .bind(&rejection.field)
+            .bind(&rejection.message)
+            .bind(&rejected.record_id)
+            .bind(&rejected.department)
+            .bind(&rejected.record_type)
+            .bind(i64::from(rejected.verified))
+            .bind(now)
+            .bind(seq)
+            .execute(&mut ***tx)
+            .await?;
+        }
+        set_head(tx, seq, &hash).await
+    }
+
+    /// Marks rejected messages as dead-lettered, in `form` (`intact` or `digested`).
+    pub async fn mark_dead_lettered(&self, sources: &[(&MessageSource, &str)]) -> Result<()> {
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        let now = now_millis();
+        for (source, form) in sources {
+            sqlx::query(
+                "UPDATE ingest_rejections SET dead_lettered_at = $1, dead_letter_form = $2
+                 WHERE source_topic = $3 AND source_partition = $4 AND source_offset = $5 AND message_digest = $6",
+            )
+            .bind(now)
+            .bind(*form)
+            .bind(&source.topic)
+            .bind(i64::from(source.partition))
+            .bind(source.offset)
+            .bind(&source.message_digest)
+            .execute(&mut **tx)
+            .await?;
+        }
+        tx.commit().await
     }
 
     /// How many record versions and current certificates are stored.
@@ -223,6 +538,33 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok((integer(&records, "n")?, integer(&certificates, "n")?))
+    }
+
+    /// The current version of a certificate: its record id and signing time.
+    pub async fn current_version(&self, certificate_id: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query(
+            "SELECT current_record_id, signed_at FROM certificates WHERE certificate_id = $1",
+        )
+        .bind(certificate_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                text(&row, "current_record_id")?,
+                integer(&row, "signed_at")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// How many messages were rejected, and how many of those are dead-lettered.
+    pub async fn rejection_counts(&self) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COUNT(dead_lettered_at) AS lettered FROM ingest_rejections",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((integer(&row, "n")?, integer(&row, "lettered")?))
     }
 
     /// True when `guardian` is named as a guardian on a stored certificate of `subject`.
@@ -247,4 +589,13 @@ impl Store {
         .await?;
         rows.iter().map(|row| text(row, "subject_id")).collect()
     }
+}
+
+fn source_key(source: &MessageSource) -> (String, i32, i64, String) {
+    (
+        source.topic.clone(),
+        source.partition,
+        source.offset,
+        source.message_digest.clone(),
+    )
 }

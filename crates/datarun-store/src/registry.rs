@@ -2,6 +2,7 @@
 //! registered schemas and the purpose catalogue.
 
 use crate::{integer, now_millis, optional_integer, text, Result, Store, StoreError};
+use datarun_domain::trust::KeyWindow;
 use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
 
 /// A registered public key and its validity.
@@ -16,20 +17,13 @@ pub struct TrustedKey {
 }
 
 impl TrustedKey {
-    /// Whether a record issued at `issued_at` may be signed by this key.
-    pub fn valid_at(&self, issued_at: i64) -> Result<(), String> {
-        if let Some(revoked_at) = self.revoked_at {
-            if issued_at >= revoked_at {
-                return Err("the key was revoked before this record was issued".into());
-            }
+    /// The key's validity, for `trust::KeyWindow::judge`.
+    pub fn window(&self) -> KeyWindow {
+        KeyWindow {
+            not_before: self.not_before,
+            not_after: self.not_after,
+            revoked_at: self.revoked_at,
         }
-        if issued_at < self.not_before {
-            return Err("the record was issued before the key's validity began".into());
-        }
-        if self.not_after.is_some_and(|end| issued_at >= end) {
-            return Err("the record was issued after the key's validity ended".into());
-        }
-        Ok(())
     }
 }
 
@@ -108,9 +102,11 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes a key from `at` on: records issued from then on are refused.
+    /// Revokes a key from `at` on: records the hub receives from then on are refused,
+    /// whatever signing time they claim. An earlier revocation is never moved later.
     pub async fn revoke_signing_key(&self, key_id: &KeyId, at: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE signing_keys SET revoked_at = $1 WHERE signing_key_id = $2")
+        let done = sqlx::query("UPDATE signing_keys SET revoked_at = CASE WHEN revoked_at IS NULL OR revoked_at > $1 THEN $1 ELSE revoked_at END
+             WHERE signing_key_id = $2")
             .bind(at)
             .bind(key_id.as_str())
             .execute(&self.pool)
