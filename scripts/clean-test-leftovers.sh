@@ -15,6 +15,14 @@ if command -v psql >/dev/null; then
       fi
     done
 fi
+# Hub and broker processes of a test run that was killed before it could stop them
+# (their working or data directory is a test folder): none may outlive its run.
+pkill -f 'target/debug/datarun-under-test' 2>/dev/null
+for pid in $(pgrep -f 'tansu broker' 2>/dev/null); do
+  case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
+    "${TMPDIR:-/tmp}"/datarun_*) kill -9 "$pid" 2>/dev/null ;;
+  esac
+done
 # The fault suite's private PostgreSQL servers (datarun_pg_…), if a killed run left one up.
 for data in "${TMPDIR:-/tmp}"/datarun_pg_*/data; do
   if [ -f "$data/postmaster.pid" ] && [ -n "$(find "$data/.." -maxdepth 0 -mmin +60)" ]; then

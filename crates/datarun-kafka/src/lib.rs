@@ -229,11 +229,6 @@ impl IngestConsumer {
             // default, 45 s, leaves them unconsumed that long).
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000")
-            // Also the rebalance timeout: how long a joining instance waits for members
-            // that went silent (tansu waits out the whole of it for a crashed member).
-            // A batch retried for longer (database down) rejoins afterwards; its
-            // records are redelivered and stored idempotently.
-            .set("max.poll.interval.ms", "20000")
             .create()?;
         let topics: Vec<String> = record_types
             .iter()
