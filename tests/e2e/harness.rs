@@ -341,6 +341,17 @@ impl TestHub {
     }
 }
 
+/// The last value of header `name` on a message, as text (empty when absent).
+pub fn header(message: &datarun_kafka::IncomingRecord, name: &str) -> String {
+    message
+        .headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
 /// Reads the dead-letter topic: (reason, field, record id) per message.
 pub async fn dead_letters(
     settings: &KafkaSettings,
@@ -355,14 +366,6 @@ pub async fn dead_letters(
         )
         .await
         .unwrap();
-        let header = |m: &datarun_kafka::IncomingRecord, name: &str| {
-            m.headers
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
         let letters: Vec<_> = messages
             .iter()
             .map(|m| {

@@ -4,7 +4,7 @@
 //! poison message is dead-lettered (digested when it is too large to forward), and keys
 //! from `datarun key generate` work in other toolchains.
 
-use crate::harness::{repo_root, run_python, Broker, Db, TestEnv};
+use crate::harness::{header as header_of_message, repo_root, run_python, Broker, Db, TestEnv};
 use datarun_connector::Connector;
 use datarun_domain::envelope::header;
 use datarun_domain::{DepartmentId, KeyId, RecordId, SignedRecord};
@@ -185,23 +185,18 @@ async fn poison_then_genuine(db: Db) {
             break letters;
         }
     };
-    let header_of = |m: &datarun_kafka::IncomingRecord, name: &str| {
-        m.headers
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
     let mut got: BTreeMap<(String, String), usize> = BTreeMap::new();
     for letter in &letters {
-        let form = header_of(letter, wire::ORIGINAL);
+        let form = header_of_message(letter, wire::ORIGINAL);
         if form == "digested" {
             assert!(letter.payload.is_empty(), "a digested letter has no value");
-            assert_eq!(header_of(letter, wire::ORIGINAL_VALUE_SHA256).len(), 64);
+            assert_eq!(
+                header_of_message(letter, wire::ORIGINAL_VALUE_SHA256).len(),
+                64
+            );
             assert!(letter.key.as_ref().is_none_or(|k| k.len() <= 256));
         }
-        *got.entry((header_of(letter, wire::REJECT_REASON), form))
+        *got.entry((header_of_message(letter, wire::REJECT_REASON), form))
             .or_default() += 1;
     }
     let mut want: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -214,7 +209,7 @@ async fn poison_then_genuine(db: Db) {
     // The intact duplicate-signature letter carries the original value and both headers.
     let dupsig = letters
         .iter()
-        .find(|m| header_of(m, wire::REJECT_REASON) == "envelope_invalid")
+        .find(|m| header_of_message(m, wire::REJECT_REASON) == "envelope_invalid")
         .unwrap();
     assert!(!dupsig.payload.is_empty());
     assert_eq!(

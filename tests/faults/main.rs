@@ -261,18 +261,9 @@ async fn assert_exactly_once(env: &TestEnv, store: &Store, stored: usize, reject
         let positions: BTreeSet<(String, String)> = letters
             .iter()
             .map(|letter| {
-                let header = |name: &str| {
-                    letter
-                        .headers
-                        .iter()
-                        .rev()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_default()
-                };
                 (
-                    header(datarun_kafka::wire::SOURCE_PARTITION),
-                    header(datarun_kafka::wire::SOURCE_OFFSET),
+                    harness::header(letter, datarun_kafka::wire::SOURCE_PARTITION),
+                    harness::header(letter, datarun_kafka::wire::SOURCE_OFFSET),
                 )
             })
             .collect();
