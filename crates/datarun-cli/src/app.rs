@@ -64,6 +64,7 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
     );
     let ingest_stats = ingest.stats.clone();
     let consumer = IngestConsumer::new(&kafka, &config.kafka.group_id, &config.kafka.record_types)?;
+    let positions = consumer.positions();
     let (shutdown, receiver) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(
@@ -91,6 +92,11 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
             "datarun_ingest_retries_total {}\n",
             stats.retries.load(Ordering::Relaxed)
         ));
+        let (gaps, skipped) = positions.gaps();
+        text.push_str("# TYPE datarun_ingest_offset_gaps_total counter\n");
+        text.push_str(&format!("datarun_ingest_offset_gaps_total {gaps}\n"));
+        text.push_str("# TYPE datarun_ingest_offsets_skipped_total counter\n");
+        text.push_str(&format!("datarun_ingest_offsets_skipped_total {skipped}\n"));
         text
     });
     let state = ApiState {

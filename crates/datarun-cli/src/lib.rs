@@ -8,7 +8,8 @@ pub mod config;
 pub mod secrets;
 pub mod setup;
 
-/// The binary's entry point: logs to stderr (`DATARUN_LOG` filters), runs the command
+/// The binary's entry point: logs to stderr (`DATARUN_LOG` filters; colours only on a
+/// terminal, so a log file or journal gets plain text), runs the command
 /// line, exits 2 on error. The fault-injection suite builds its hub from this too.
 #[tokio::main]
 pub async fn main() -> std::process::ExitCode {
@@ -19,6 +20,7 @@ pub async fn main() -> std::process::ExitCode {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args: Vec<String> = std::env::args().collect();
     let mut stdout = std::io::stdout();

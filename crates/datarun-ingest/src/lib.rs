@@ -319,6 +319,7 @@ impl Ingest {
                         tracing::debug!(
                             messages = batch.len(),
                             stored = handled.iter().filter(|h| **h == Handled::Stored).count(),
+                            positions = %positions(&batch),
                             "batch handled"
                         );
                         faults::hit("ingest.before_offsets");
@@ -343,6 +344,27 @@ impl Ingest {
             tracing::warn!(%error, "final offset commit failed; uncommitted records will be redelivered");
         }
     }
+}
+
+/// A batch's positions for the log: `topic[partition]first..=last(count)` per partition.
+fn positions(batch: &[IncomingRecord]) -> String {
+    let mut ranges: std::collections::BTreeMap<(&str, i32), (i64, i64, usize)> =
+        std::collections::BTreeMap::new();
+    for incoming in batch {
+        let range = ranges
+            .entry((incoming.topic.as_str(), incoming.partition))
+            .or_insert((incoming.offset, incoming.offset, 0));
+        range.0 = range.0.min(incoming.offset);
+        range.1 = range.1.max(incoming.offset);
+        range.2 += 1;
+    }
+    ranges
+        .iter()
+        .map(|((topic, partition), (first, last, count))| {
+            format!("{topic}[{partition}]{first}..={last}({count})")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The most messages handled in one batch (one database transaction).

@@ -72,7 +72,11 @@ pub enum TansuStorage {
     /// `data_dir/tansu.db`: survives a crash; tansu 0.6 serves a fetch in time that
     /// grows with the backlog behind it, so it suits thousands of records, not 100,000.
     Sqlite,
-    /// In the broker's memory: fast at any backlog, lost when the broker stops.
+    /// In the broker's memory: fast at any backlog, lost when the broker stops. tansu
+    /// 0.6's in-memory engine serves a fetch from the first stored *producer batch* at or
+    /// after the offset asked for, where Kafka serves the batch holding it: a consumer
+    /// resuming inside a batch (after a restart or a rebalance) never sees the rest of
+    /// that batch. Use it with producers that send one record per batch.
     Memory,
 }
 

@@ -9,13 +9,14 @@ pub mod wire;
 
 use datarun_domain::{Rejection, SignedRecord};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -183,41 +184,176 @@ pub struct IncomingRecord {
 
 /// Consumes records topics in a consumer group. Offsets are stored only by
 /// [`IngestConsumer::acknowledge`] (after the database commit) and committed from there.
+///
+/// It watches the offsets it is given: each partition's first message after an
+/// assignment is logged with its offset, and a later message that skips offsets is a
+/// warning and counted (`offset_gaps`): records topics are written without transactions
+/// or compaction, so a gap means the broker did not deliver messages it holds.
 pub struct IngestConsumer {
     /// Always `Some` until dropped (`Drop` closes it on a thread of its own).
-    consumer: Option<StreamConsumer>,
+    consumer: Option<StreamConsumer<IngestContext>>,
+    positions: Arc<Positions>,
 }
 
-/// How long dropping a consumer waits for its close (final commit, leaving the group).
-const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The next offset expected per partition since its assignment, and the gaps seen.
+#[derive(Debug, Default)]
+pub struct Positions {
+    next: Mutex<HashMap<(String, i32), i64>>,
+    gaps: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
 
-impl Drop for IngestConsumer {
-    /// Closes the consumer on a thread of its own and waits at most
-    /// `CONSUMER_CLOSE_TIMEOUT`: librdkafka's close waits without bound for a group
-    /// coordinator, and a broker that is down must not keep the hub from stopping.
-    fn drop(&mut self) {
-        let Some(consumer) = self.consumer.take() else {
-            return;
-        };
-        let (closed, wait) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("kafka-close".into())
-            .spawn(move || {
-                drop(consumer);
-                let _ = closed.send(());
-            });
-        if spawned.is_ok() && wait.recv_timeout(CONSUMER_CLOSE_TIMEOUT).is_err() {
-            tracing::warn!(
-                "the Kafka consumer did not close within {CONSUMER_CLOSE_TIMEOUT:?} (broker unreachable?); \
-                 uncommitted offsets will be redelivered"
-            );
+impl Positions {
+    /// Gaps in partitions' offsets seen, and the messages they skipped over.
+    pub fn gaps(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.gaps.load(Relaxed), self.skipped.load(Relaxed))
+    }
+
+    fn next(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new assignment: each partition is expected to start at its committed offset,
+    /// where one is known.
+    fn assigned(&self, partitions: &rdkafka::TopicPartitionList) {
+        let mut next = self.next();
+        for element in partitions.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            match element.offset() {
+                rdkafka::Offset::Offset(offset) => next.insert(key, offset),
+                _ => next.remove(&key),
+            };
+        }
+    }
+
+    fn revoked(&self, partitions: &rdkafka::TopicPartitionList) {
+        let mut next = self.next();
+        for element in partitions.elements() {
+            next.remove(&(element.topic().to_owned(), element.partition()));
+        }
+    }
+
+    fn observe(&self, topic: &str, partition: i32, offset: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut next = self.next();
+        match next.insert((topic.to_owned(), partition), offset + 1) {
+            None => tracing::info!(topic, partition, offset, "consuming partition from offset"),
+            Some(expected) if offset > expected => {
+                self.gaps.fetch_add(1, Relaxed);
+                self.skipped.fetch_add((offset - expected) as u64, Relaxed);
+                tracing::warn!(
+                    topic,
+                    partition,
+                    expected,
+                    offset,
+                    "the broker skipped offsets of a partition; those messages were not delivered"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Assigns partitions at the offsets it has checked, and logs the group's decisions
+/// about this consumer: assignments, revocations, failed commits.
+struct IngestContext {
+    positions: Arc<Positions>,
+}
+
+impl ClientContext for IngestContext {}
+
+fn partition_list(list: &rdkafka::TopicPartitionList) -> String {
+    list.elements()
+        .iter()
+        .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How long an assignment waits for the group's committed offsets before it leaves
+/// them to librdkafka (which then starts without the gap check).
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ConsumerContext for IngestContext {
+    /// The default eager rebalance, except that an assignment first reads the group's
+    /// committed offsets and assigns exactly those: the consumer then knows where each
+    /// partition must start, and a broker that answers from further on is caught.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        partitions: &mut rdkafka::TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr;
+        // `partition.assignment.strategy` may be set to a cooperative one in `[kafka]`.
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assignment = match consumer
+                    .committed_offsets(partitions.clone(), COMMITTED_TIMEOUT)
+                {
+                    Ok(committed) => committed,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the committed offsets failed; assigning without them");
+                        partitions.clone()
+                    }
+                };
+                self.positions.assigned(&assignment);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(&assignment)
+                } else {
+                    consumer.assign(&assignment)
+                };
+                if let Err(error) = assigned {
+                    tracing::error!(%error, "assigning partitions failed");
+                }
+                tracing::info!(partitions = %partition_list(&assignment), "partitions assigned");
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.positions.revoked(partitions);
+                let revoked = if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = revoked {
+                    tracing::error!(%error, "revoking partitions failed");
+                }
+                tracing::info!(partitions = %partition_list(partitions), "partitions revoked");
+            }
+            other => {
+                tracing::warn!(error = ?other, "consumer group rebalance failed");
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "dropping the assignment failed");
+                }
+            }
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &rdkafka::TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => tracing::debug!(offsets = %partition_list(offsets), "offsets committed"),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(%error, offsets = %partition_list(offsets), "offset commit failed; those records may be redelivered")
+            }
         }
     }
 }
 
 impl IngestConsumer {
     pub fn new(settings: &KafkaSettings, group_id: &str, record_types: &[String]) -> Result<Self> {
-        let consumer: StreamConsumer = settings
+        let positions = Arc::new(Positions::default());
+        let consumer: StreamConsumer<IngestContext> = settings
             .client_config()
             .set("group.id", group_id)
             .set("enable.auto.commit", "true")
@@ -229,7 +365,9 @@ impl IngestConsumer {
             // default, 45 s, leaves them unconsumed that long).
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000")
-            .create()?;
+            .create_with_context(IngestContext {
+                positions: positions.clone(),
+            })?;
         let topics: Vec<String> = record_types
             .iter()
             .map(|t| settings.records_topic(t))
@@ -238,10 +376,16 @@ impl IngestConsumer {
         consumer.subscribe(&topics)?;
         Ok(Self {
             consumer: Some(consumer),
+            positions,
         })
     }
 
-    fn consumer(&self) -> Result<&StreamConsumer> {
+    /// The offsets this consumer has seen (gaps in particular).
+    pub fn positions(&self) -> Arc<Positions> {
+        self.positions.clone()
+    }
+
+    fn consumer(&self) -> Result<&StreamConsumer<IngestContext>> {
         self.consumer
             .as_ref()
             .ok_or_else(|| KafkaError::Broker("the consumer is closed".into()))
@@ -267,6 +411,8 @@ impl IngestConsumer {
         let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
         let key = message.key().map(<[u8]>::to_vec);
         let record = wire::decode_record(key.as_deref(), &headers, &payload);
+        self.positions
+            .observe(message.topic(), message.partition(), message.offset());
         Ok(IncomingRecord {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -499,11 +645,14 @@ pub async fn read_topic(
     wait: Duration,
 ) -> Result<Vec<IncomingRecord>> {
     // Direct assignment, no consumer group: nothing to join, nothing committed.
-    let consumer: StreamConsumer = settings
+    let positions = Arc::new(Positions::default());
+    let consumer: StreamConsumer<IngestContext> = settings
         .client_config()
         .set("group.id", "datarun-reader")
         .set("enable.auto.commit", "false")
-        .create()?;
+        .create_with_context(IngestContext {
+            positions: positions.clone(),
+        })?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut assignment = rdkafka::TopicPartitionList::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
@@ -512,6 +661,7 @@ pub async fn read_topic(
     consumer.assign(&assignment)?;
     let consumer = IngestConsumer {
         consumer: Some(consumer),
+        positions,
     };
     let mut messages = Vec::new();
     loop {
@@ -520,5 +670,54 @@ pub async fn read_topic(
             Ok(Err(error)) => return Err(error),
             Err(_) => return Ok(messages),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Positions;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    fn assignment(offsets: &[(i32, Offset)]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset("t", *partition, *offset).unwrap();
+        }
+        list
+    }
+
+    #[test]
+    fn a_partition_that_starts_past_its_committed_offset_or_skips_is_a_gap() {
+        let positions = Positions::default();
+        positions.assigned(&assignment(&[
+            (0, Offset::Offset(100)),
+            (1, Offset::Invalid),
+        ]));
+        // Partition 1 has no committed offset: wherever it starts is fine.
+        positions.observe("t", 1, 7);
+        positions.observe("t", 0, 100);
+        positions.observe("t", 0, 101);
+        assert_eq!(positions.gaps(), (0, 0));
+        // A redelivery going back is not a gap; skipping 102..=149 is.
+        positions.observe("t", 0, 90);
+        positions.observe("t", 0, 91);
+        positions.observe("t", 0, 92);
+        positions.observe("t", 0, 150);
+        assert_eq!(positions.gaps(), (1, 57));
+        positions.observe("t", 1, 8);
+        assert_eq!(positions.gaps(), (1, 57));
+
+        // After a restart the broker answers from 126 for a committed 100 (tansu's
+        // in-memory engine resuming inside a producer batch).
+        let restarted = Positions::default();
+        restarted.assigned(&assignment(&[(0, Offset::Offset(100))]));
+        restarted.observe("t", 0, 126);
+        assert_eq!(restarted.gaps(), (1, 26));
+
+        // A revoked partition assigned again without a committed offset starts afresh.
+        restarted.revoked(&assignment(&[(0, Offset::Invalid)]));
+        restarted.assigned(&assignment(&[(0, Offset::Invalid)]));
+        restarted.observe("t", 0, 500);
+        assert_eq!(restarted.gaps(), (1, 26));
     }
 }

@@ -540,6 +540,28 @@ impl Store {
         Ok((integer(&records, "n")?, integer(&certificates, "n")?))
     }
 
+    /// Which of `record_ids` are stored (a connector's or an operator's reconciliation).
+    pub async fn stored_record_ids(
+        &self,
+        record_ids: &[String],
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let mut stored = std::collections::BTreeSet::new();
+        for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT record_id FROM records WHERE record_id IN ({})",
+                parameter_list(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                stored.insert(text(&row, "record_id")?);
+            }
+        }
+        Ok(stored)
+    }
+
     /// The current version of a certificate: its record id and signing time.
     pub async fn current_version(&self, certificate_id: &str) -> Result<Option<(String, i64)>> {
         let row = sqlx::query(
