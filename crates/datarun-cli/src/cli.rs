@@ -79,10 +79,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Sign, publish and ingest generated birth certificates.
+    /// Sign and publish generated birth certificates, then on the same records: raw
+    /// consume, verify + decode alone, and ingest end to end.
     Ingest {
         #[arg(long, value_enum, default_value = "sqlite")]
         backend: crate::bench::Backend,
+        #[arg(long, value_enum, default_value = "mock")]
+        broker: crate::bench::Broker,
         #[arg(long, default_value_t = 20_000)]
         records: usize,
         #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
@@ -431,10 +434,11 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
         }
         Command::Bench(BenchCommand::Ingest {
             backend,
+            broker,
             records,
             postgres_admin_url,
         }) => {
-            crate::bench::ingest(backend, records, &postgres_admin_url, out).await?;
+            crate::bench::ingest(backend, broker, records, &postgres_admin_url, out).await?;
             Ok(0)
         }
         Command::Bench(BenchCommand::Lookup {

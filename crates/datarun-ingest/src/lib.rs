@@ -166,11 +166,10 @@ impl Ingest {
         Ok(context)
     }
 
-    /// Handles a batch completely: verified records are stored and rejections recorded
-    /// and audited in one transaction, then rejections are dead-lettered. An `Err` means
-    /// the batch must be retried and not acknowledged; retrying is safe (stored records
-    /// come back as duplicates, recorded rejections keep their decision and audit event).
-    pub async fn handle_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<Handled>> {
+    /// Everything short of storing, for each message of a batch: bounds and envelope,
+    /// key, signature, key window and signing time, permission, schema and payload. Reads
+    /// the trust registry once per batch and spreads the CPU work over the blocking pool.
+    pub async fn check_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<IngestItem>> {
         let context = Arc::new(self.resolve(&batch).await?);
         let received_at = datarun_store::now_millis();
         let today = CivilDate::from_unix_millis_cst(received_at);
@@ -208,6 +207,15 @@ impl Ingest {
                     .map_err(|e| IngestError::Worker(e.to_string()))?,
             );
         }
+        Ok(items)
+    }
+
+    /// Handles a batch completely: verified records are stored and rejections recorded
+    /// and audited in one transaction, then rejections are dead-lettered. An `Err` means
+    /// the batch must be retried and not acknowledged; retrying is safe (stored records
+    /// come back as duplicates, recorded rejections keep their decision and audit event).
+    pub async fn handle_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<Handled>> {
+        let items = self.check_batch(batch.clone()).await?;
         faults::hit("ingest.after_checks");
         let outcomes = self.store.store_batch(&items).await?;
         if outcomes.len() != items.len() {
