@@ -210,14 +210,16 @@ impl Ingest {
         Ok(items)
     }
 
-    /// Handles a batch completely: verified records are stored and rejections recorded
-    /// and audited in one transaction, then rejections are dead-lettered. An `Err` means
-    /// the batch must be retried and not acknowledged; retrying is safe (stored records
-    /// come back as duplicates, recorded rejections keep their decision and audit event).
-    pub async fn handle_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<Handled>> {
-        let items = self.check_batch(batch.clone()).await?;
-        faults::hit("ingest.after_checks");
-        let outcomes = self.store.store_batch(&items).await?;
+    /// Stores a checked batch: verified records are stored and rejections recorded and
+    /// audited in one transaction, then rejections are dead-lettered. An `Err` means the
+    /// batch must be retried and not acknowledged; retrying is safe (stored records come
+    /// back as duplicates, recorded rejections keep their decision and audit event).
+    pub async fn store_checked(
+        &self,
+        batch: &[IncomingRecord],
+        items: &[IngestItem],
+    ) -> Result<Vec<Handled>> {
+        let outcomes = self.store.store_batch(items).await?;
         if outcomes.len() != items.len() {
             return Err(IngestError::Worker(
                 "store returned another number of outcomes than messages".into(),
@@ -225,7 +227,7 @@ impl Ingest {
         }
         faults::hit("ingest.after_store_commit");
         let mut handled = Vec::with_capacity(batch.len());
-        for ((incoming, item), outcome) in batch.iter().zip(&items).zip(outcomes) {
+        for ((incoming, item), outcome) in batch.iter().zip(items).zip(outcomes) {
             match outcome {
                 IngestOutcome::Stored => handled.push(Handled::Stored),
                 IngestOutcome::Duplicate => handled.push(Handled::Duplicate),
@@ -281,77 +283,119 @@ impl Ingest {
     }
 
     /// Consumes until `shutdown` resolves, in batches of up to `MAX_BATCH` messages
-    /// (whatever has arrived, never waiting to fill one). A batch that cannot be handled
-    /// (database or broker down) is retried with backoff, never skipped.
+    /// (whatever has arrived, never waiting to fill one), as a two-stage pipeline: while
+    /// batch N is stored, batch N+1 is read and checked (signatures and payloads on the
+    /// blocking pool). Offsets are acknowledged only after the commit of the batch that
+    /// holds them, batches are stored in the order read, and a batch that cannot be
+    /// checked or stored (database or broker down) is retried with backoff, never skipped.
     pub async fn run(
         self,
         consumer: IngestConsumer,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut checked: Option<Checked> = None;
         loop {
-            let first = tokio::select! {
-                _ = &mut shutdown => break,
-                next = consumer.next() => match next {
-                    Ok(incoming) => incoming,
-                    Err(error) => {
-                        tracing::warn!(%error, "kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                },
+            let storing = async {
+                if let Some(batch) = checked.take() {
+                    self.store_with_retry(&consumer, batch).await;
+                }
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match tokio::time::timeout(Duration::from_millis(1), consumer.next()).await {
-                    Ok(Ok(incoming)) => batch.push(incoming),
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "kafka consume error");
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let batch = Arc::new(batch);
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let attempt = tokio::select! {
-                    _ = &mut shutdown => {
-                        let _ = consumer.commit_now();
-                        return;
-                    }
-                    attempt = self.handle_batch(batch.clone()) => attempt,
-                };
-                match attempt {
-                    Ok(handled) => {
-                        tracing::debug!(
-                            messages = batch.len(),
-                            stored = handled.iter().filter(|h| **h == Handled::Stored).count(),
-                            positions = %positions(&batch),
-                            "batch handled"
-                        );
-                        faults::hit("ingest.before_offsets");
-                        for incoming in batch.iter() {
-                            if let Err(error) = consumer.acknowledge(incoming) {
-                                tracing::warn!(%error, "storing the offset failed; the record may be redelivered");
-                            }
-                        }
-                        faults::hit("ingest.after_offsets_stored");
-                        break;
-                    }
-                    Err(error) => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, messages = batch.len(), "ingest failed; retrying the batch");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
+            let next = self.read_and_check(&consumer);
+            tokio::select! {
+                _ = &mut shutdown => break,
+                (_, next) = async { tokio::join!(storing, next) } => checked = Some(next),
             }
         }
         if let Err(error) = consumer.commit_now() {
             tracing::warn!(%error, "final offset commit failed; uncommitted records will be redelivered");
         }
     }
+
+    /// Waits for the next batch and checks it, retrying the checks with backoff while
+    /// the trust registry cannot be read.
+    async fn read_and_check(&self, consumer: &IngestConsumer) -> Checked {
+        let batch = Arc::new(read_batch(consumer).await);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.check_batch(batch.clone()).await {
+                Ok(items) => {
+                    faults::hit("ingest.after_checks");
+                    return Checked { batch, items };
+                }
+                Err(error) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, messages = batch.len(), "checking a batch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Stores a checked batch, retrying with backoff until it is stored, then
+    /// acknowledges its offsets.
+    async fn store_with_retry(&self, consumer: &IngestConsumer, checked: Checked) {
+        let Checked { batch, items } = checked;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store_checked(&batch, &items).await {
+                Ok(handled) => {
+                    tracing::debug!(
+                        messages = batch.len(),
+                        stored = handled.iter().filter(|h| **h == Handled::Stored).count(),
+                        positions = %positions(&batch),
+                        "batch handled"
+                    );
+                    faults::hit("ingest.before_offsets");
+                    for incoming in batch.iter() {
+                        if let Err(error) = consumer.acknowledge(incoming) {
+                            tracing::warn!(%error, "storing the offset failed; the record may be redelivered");
+                        }
+                    }
+                    faults::hit("ingest.after_offsets_stored");
+                    return;
+                }
+                Err(error) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, messages = batch.len(), "ingest failed; retrying the batch");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A batch read and checked, waiting for its store transaction.
+struct Checked {
+    batch: Arc<Vec<IncomingRecord>>,
+    items: Vec<IngestItem>,
+}
+
+/// Waits for a message, then takes whatever else has arrived, up to `MAX_BATCH`.
+async fn read_batch(consumer: &IngestConsumer) -> Vec<IncomingRecord> {
+    let first = loop {
+        match consumer.next().await {
+            Ok(incoming) => break incoming,
+            Err(error) => {
+                tracing::warn!(%error, "kafka consume error");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match tokio::time::timeout(Duration::from_millis(1), consumer.next()).await {
+            Ok(Ok(incoming)) => batch.push(incoming),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "kafka consume error");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// A batch's positions for the log: `topic[partition]first..=last(count)` per partition.
