@@ -312,6 +312,13 @@ impl Ingest {
         }
     }
 
+    /// Counts a retry and waits `backoff`, doubling it up to 5 s for the next one.
+    async fn back_off(&self, backoff: &mut Duration) {
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+
     /// Waits for the next batch and checks it, retrying the checks with backoff while
     /// the trust registry cannot be read.
     async fn read_and_check(&self, consumer: &IngestConsumer) -> Checked {
@@ -324,10 +331,8 @@ impl Ingest {
                     return Checked { batch, items };
                 }
                 Err(error) => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, messages = batch.len(), "checking a batch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.back_off(&mut backoff).await;
                 }
             }
         }
@@ -357,10 +362,8 @@ impl Ingest {
                     return;
                 }
                 Err(error) => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, messages = batch.len(), "ingest failed; retrying the batch");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.back_off(&mut backoff).await;
                 }
             }
         }
