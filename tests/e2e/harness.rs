@@ -80,7 +80,7 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn postgres_admin_url() -> String {
+pub fn postgres_admin_url() -> String {
     std::env::var("DATARUN_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }

@@ -6,3 +6,4 @@ mod harness;
 mod poison;
 mod rejections;
 mod store;
+mod upgrade;

@@ -13,8 +13,15 @@ fn source(offset: i64) -> MessageSource {
         topic: "records.health.birth_certificate".into(),
         partition: 0,
         offset,
-        message_digest: format!("m{offset}"),
+        message_digest: format!("{offset:064x}"),
     }
+}
+
+/// A content digest standing for `label` (distinct labels, distinct digests).
+fn digest(label: &str) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest[..label.len()].copy_from_slice(label.as_bytes());
+    digest
 }
 
 fn record(
@@ -38,9 +45,9 @@ fn record(
             subject: "440303201506303948".into(),
             signed_at,
             signing_key_id: "health-2026".into(),
-            content_digest: digest.into(),
-            signature_hex: "00".into(),
-            fields,
+            content_digest: self::digest(digest),
+            signature: vec![0; 64],
+            fields_json: serde_json::Value::Object(fields).to_string(),
             guardians: vec!["440104198503125841".into()],
         }),
     }
@@ -60,7 +67,7 @@ fn rejected(
             department: Some("health".into()),
             record_type: Some("health.birth_certificate".into()),
             verified: false,
-            content_digest: digest.map(str::to_owned),
+            content_digest: digest.map(self::digest),
         }),
     }
 }
@@ -159,7 +166,7 @@ async fn batch_rules(db: Db) {
     ));
     // Another message at a reused position is a new message, not the old one.
     let mut reused = rejected(8, "health-c2", RejectReason::SignatureInvalid, None);
-    reused.source.message_digest = "another".into();
+    reused.source.message_digest = "a".repeat(64);
     let outcome = store.store_batch(&[reused]).await.unwrap();
     assert_eq!(codes(&outcome), vec!["signature_invalid"]);
     assert_eq!(store.audit_events(&rejections(100)).await.unwrap().len(), 5);

@@ -47,16 +47,17 @@ pub fn token_from_random(bytes: &[u8; 32]) -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
 }
 
-/// SHA-256 of a token, hex; only this is stored.
+/// SHA-256 of a token; only this is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TokenHash(pub String);
+pub struct TokenHash(pub [u8; 32]);
 
 impl TokenHash {
     pub fn of(token: &str) -> Self {
-        Self(hex::encode(ring::digest::digest(
-            &ring::digest::SHA256,
-            token.as_bytes(),
-        )))
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        Self(hash)
     }
 }
 
@@ -65,10 +66,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_hash_is_sha256_hex_and_differs_per_token() {
+    fn token_hash_is_sha256_and_differs_per_token() {
         let token = token_from_random(&[7; 32]);
         assert!(token.starts_with("drt_") && token.len() == 68);
-        assert_eq!(TokenHash::of(&token).0.len(), 64);
+        assert_eq!(
+            hex::encode(TokenHash::of("abc").0),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_ne!(
             TokenHash::of(&token),
             TokenHash::of(&token_from_random(&[8; 32]))

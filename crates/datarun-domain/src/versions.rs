@@ -9,7 +9,7 @@ use crate::reason::{RejectReason, Rejection};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stored<'a> {
     /// The content digest stored under the incoming record's id, if the id was used.
-    pub digest_under_record_id: Option<&'a str>,
+    pub digest_under_record_id: Option<&'a [u8]>,
     /// The certificate's current version: its department and signing time.
     pub current: Option<(&'a str, i64)>,
 }
@@ -27,7 +27,7 @@ pub enum VersionDecision {
 /// Decides for a record with `digest`, from `department`, signed at `signed_at`.
 pub fn decide(
     stored: Stored<'_>,
-    digest: &str,
+    digest: &[u8],
     department: &str,
     signed_at: i64,
 ) -> VersionDecision {
@@ -62,7 +62,7 @@ mod tests {
     use super::*;
 
     fn check(stored: Stored<'_>, signed_at: i64, expected: Option<RejectReason>, duplicate: bool) {
-        let got = decide(stored, "d1", "health", signed_at);
+        let got = decide(stored, b"d1", "health", signed_at);
         match (&got, expected) {
             (VersionDecision::Reject(r), Some(reason)) => assert_eq!(r.reason, reason),
             (VersionDecision::Duplicate, None) => assert!(duplicate),
@@ -76,13 +76,13 @@ mod tests {
         use RejectReason::*;
         let none = Stored::default();
         check(none, 10, None, false);
-        let same_id = |digest| Stored {
+        let same_id = |digest: &'static [u8]| Stored {
             digest_under_record_id: Some(digest),
             current: Some(("health", 10)),
         };
-        check(same_id("d1"), 10, None, true);
-        check(same_id("d1"), 5, None, true);
-        check(same_id("d2"), 20, Some(Replayed), false);
+        check(same_id(b"d1"), 10, None, true);
+        check(same_id(b"d1"), 5, None, true);
+        check(same_id(b"d2"), 20, Some(Replayed), false);
         let current = |department, signed_at| Stored {
             digest_under_record_id: None,
             current: Some((department, signed_at)),

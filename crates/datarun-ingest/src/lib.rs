@@ -462,7 +462,7 @@ impl TrustContext {
                     record_type: Some(envelope.record_type.to_string()),
                     verified: signature_verified && key_valid,
                     content_digest: signature_verified
-                        .then(|| hex::encode(envelope.content_digest(&record.payload))),
+                        .then(|| envelope.content_digest(&record.payload)),
                 })
             }
         }
@@ -553,9 +553,9 @@ impl TrustContext {
             subject: validated.subject,
             signed_at: envelope.signed_at_millis,
             signing_key_id: envelope.signing_key_id.to_string(),
-            content_digest: hex::encode(envelope.content_digest(&record.payload)),
-            signature_hex: hex::encode(&record.signature),
-            fields: validated.fields,
+            content_digest: envelope.content_digest(&record.payload),
+            signature: record.signature.clone(),
+            fields_json: serde_json::Value::Object(validated.fields).to_string(),
             guardians: validated
                 .guardians
                 .iter()

@@ -1,6 +1,8 @@
 //! Actors (department systems, caseworkers, citizens, auditors, operators) and their tokens.
 
-use crate::{now_millis, optional_text, random_id, text, Result, Store, StoreError};
+use crate::{
+    now_millis, on_pool, on_tx, optional_text, random_id, text, Result, Store, StoreError,
+};
 use datarun_domain::token::{token_from_random, TokenHash};
 use datarun_domain::{DepartmentId, ResidentId, Role};
 
@@ -53,55 +55,66 @@ impl Store {
         crate::fill_random(&mut random)?;
         let token = token_from_random(&random);
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO actors (actor_id, role, department_id, resident_id, display_name, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&actor.actor_id)
-        .bind(role.as_str())
-        .bind(department.map(|d| d.as_str().to_owned()))
-        .bind(resident_id.map(|r| r.as_str().to_owned()))
-        .bind(display_name)
-        .bind(now_millis())
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("INSERT INTO tokens (token_hash, actor_id, created_at) VALUES ($1, $2, $3)")
-            .bind(TokenHash::of(&token).0)
+        let token_hash = TokenHash::of(&token);
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(
+                "INSERT INTO actors (actor_id, role, department_id, resident_id, display_name, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&actor.actor_id)
+            .bind(role.as_str())
+            .bind(department.map(|d| d.as_str()))
+            .bind(resident_id.map(|r| r.as_str()))
+            .bind(display_name)
+            .bind(now_millis())
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO tokens (token_hash, actor_id, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(&token_hash.0[..])
             .bind(&actor.actor_id)
             .bind(now_millis())
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
+        });
         tx.commit().await?;
         Ok((actor, token))
     }
 
     /// The actor a bearer token belongs to, if the token is known and not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>> {
-        let row = sqlx::query(
-            "SELECT a.actor_id, a.role, a.department_id, a.resident_id, a.display_name
-             FROM tokens t JOIN actors a ON a.actor_id = t.actor_id
-             WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-        )
-        .bind(TokenHash::of(token).0)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let role_text = text(&row, "role")?;
-        let role = Role::parse(&role_text)
-            .ok_or_else(|| StoreError::Corrupt(format!("role {role_text}")))?;
-        let corrupt = |e: datarun_domain::IdError| StoreError::Corrupt(e.to_string());
-        Ok(Some(Actor {
-            actor_id: text(&row, "actor_id")?,
-            role,
-            department: optional_text(&row, "department_id")?
-                .map(|d| DepartmentId::parse(&d))
-                .transpose()
-                .map_err(corrupt)?,
-            resident_id: optional_text(&row, "resident_id")?
-                .map(|r| ResidentId::parse(&r))
-                .transpose()
-                .map_err(corrupt)?,
-            display_name: text(&row, "display_name")?,
-        }))
+        let token_hash = TokenHash::of(token);
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT a.actor_id, a.role, a.department_id, a.resident_id, a.display_name
+                 FROM tokens t JOIN actors a ON a.actor_id = t.actor_id
+                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+            )
+            .bind(&token_hash.0[..])
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(actor_from_row).transpose()
+        })
     }
+}
+
+fn actor_from_row(row: &impl crate::RowExt) -> Result<Actor> {
+    let role_text = text(row, "role")?;
+    let role =
+        Role::parse(&role_text).ok_or_else(|| StoreError::Corrupt(format!("role {role_text}")))?;
+    let corrupt = |e: datarun_domain::IdError| StoreError::Corrupt(e.to_string());
+    Ok(Actor {
+        actor_id: text(row, "actor_id")?,
+        role,
+        department: optional_text(row, "department_id")?
+            .map(|d| DepartmentId::parse(&d))
+            .transpose()
+            .map_err(corrupt)?,
+        resident_id: optional_text(row, "resident_id")?
+            .map(|r| ResidentId::parse(&r))
+            .transpose()
+            .map_err(corrupt)?,
+        display_name: text(row, "display_name")?,
+    })
 }

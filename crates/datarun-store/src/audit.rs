@@ -1,10 +1,11 @@
 //! The audit chain in SQL: append inside the caller's transaction, query, verify.
 
-use crate::{integer, now_millis, optional_text, text, Result, Store};
+use crate::{
+    integer, now_millis, on_pool, on_tx, optional_text, text, Result, RowExt, Store,
+    WriteTransaction,
+};
 use datarun_domain::audit::{ChainBreak, ChainVerifier};
 use datarun_domain::AuditEvent;
-use sqlx::any::AnyRow;
-use sqlx::{Any, Transaction};
 
 /// An event before it has a place in the chain.
 #[derive(Debug, Clone, Default)]
@@ -38,39 +39,42 @@ pub struct AuditFilter {
 }
 
 /// Reserves the next place in the chain. Must be the first statement of its transaction.
-pub(crate) async fn reserve(tx: &mut Transaction<'static, Any>) -> Result<(i64, String)> {
-    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((integer(&row, "seq")?, text(&row, "hash")?))
+pub(crate) async fn reserve(tx: &mut WriteTransaction) -> Result<(i64, String)> {
+    on_tx!(tx, |conn| {
+        let row =
+            sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok((integer(&row, "seq")?, text(&row, "hash")?))
+    })
 }
 
 /// Locks the chain head for a run of appends and returns it as (seq, hash). Must be the
 /// first statement of its transaction; finish with [`set_head`].
-pub(crate) async fn lock_head(tx: &mut Transaction<'static, Any>) -> Result<(i64, String)> {
-    let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((integer(&row, "seq")?, text(&row, "hash")?))
+pub(crate) async fn lock_head(tx: &mut WriteTransaction) -> Result<(i64, String)> {
+    on_tx!(tx, |conn| {
+        let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok((integer(&row, "seq")?, text(&row, "hash")?))
+    })
 }
 
 /// Moves the chain head to the last appended event.
-pub(crate) async fn set_head(
-    tx: &mut Transaction<'static, Any>,
-    seq: i64,
-    hash: &str,
-) -> Result<()> {
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(hash)
-        .execute(&mut **tx)
-        .await?;
+pub(crate) async fn set_head(tx: &mut WriteTransaction, seq: i64, hash: &str) -> Result<()> {
+    on_tx!(tx, |conn| {
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(hash)
+            .execute(&mut *conn)
+            .await?;
+    });
     Ok(())
 }
 
 /// Appends `event` at the place `reserve` returned.
 pub(crate) async fn append(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTransaction,
     place: (i64, String),
     event: NewAuditEvent,
 ) -> Result<AuditEvent> {
@@ -82,7 +86,7 @@ pub(crate) async fn append(
 
 /// Writes `event` as number `seq` after `prev_hash`, without moving the head.
 pub(crate) async fn insert_event(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTransaction,
     seq: i64,
     prev_hash: &str,
     event: NewAuditEvent,
@@ -103,30 +107,32 @@ pub(crate) async fn insert_event(
         hash: String::new(),
     }
     .chain_after(seq, prev_hash);
-    sqlx::query(
-        "INSERT INTO audit_events (seq, occurred_at, kind, actor, department_id, subject_ref, consent_id,
-             purpose_code, outcome, reason, detail_json, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(event.seq)
-    .bind(event.occurred_at_millis)
-    .bind(&event.kind)
-    .bind(&event.actor)
-    .bind(&event.department)
-    .bind(&event.subject_ref)
-    .bind(&event.consent_id)
-    .bind(&event.purpose)
-    .bind(&event.outcome)
-    .bind(&event.reason)
-    .bind(&event.detail)
-    .bind(&event.prev_hash)
-    .bind(&event.hash)
-    .execute(&mut **tx)
-    .await?;
+    on_tx!(tx, |conn| {
+        sqlx::query(
+            "INSERT INTO audit_events (seq, occurred_at, kind, actor, department_id, subject_ref, consent_id,
+                 purpose_code, outcome, reason, detail_json, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(event.seq)
+        .bind(event.occurred_at_millis)
+        .bind(&event.kind)
+        .bind(&event.actor)
+        .bind(&event.department)
+        .bind(&event.subject_ref)
+        .bind(&event.consent_id)
+        .bind(&event.purpose)
+        .bind(&event.outcome)
+        .bind(&event.reason)
+        .bind(&event.detail)
+        .bind(&event.prev_hash)
+        .bind(&event.hash)
+        .execute(&mut *conn)
+        .await?;
+    });
     Ok(event)
 }
 
-fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {
+fn event_from_row(row: &impl RowExt) -> Result<AuditEvent> {
     Ok(AuditEvent {
         seq: integer(row, "seq")?,
         occurred_at_millis: integer(row, "occurred_at")?,
@@ -209,38 +215,44 @@ impl Store {
             " ORDER BY seq LIMIT ${}",
             texts.len() + numbers.len()
         ));
-        let mut query = sqlx::query(&sql);
-        for value in texts {
-            query = query.bind(value);
-        }
-        for value in numbers {
-            query = query.bind(value);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(event_from_row).collect()
+        on_pool!(self, |pool| {
+            let mut query = sqlx::query(&sql);
+            for value in &texts {
+                query = query.bind(*value);
+            }
+            for value in &numbers {
+                query = query.bind(*value);
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter().map(event_from_row).collect()
+        })
     }
 
     /// Walks the whole chain in batches; returns the number of intact events or the first break.
     pub async fn verify_audit_chain(&self) -> Result<Result<i64, ChainBreak>> {
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        let (head_seq, head_hash) = (integer(&head, "seq")?, text(&head, "hash")?);
+        let (head_seq, head_hash) = on_pool!(self, |pool| {
+            let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(pool)
+                .await?;
+            (integer(&head, "seq")?, text(&head, "hash")?)
+        });
         let mut verifier = ChainVerifier::default();
         let mut after = 0i64;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 5000"
+        );
         loop {
-            let rows = sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 5000"
-            ))
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await?;
-            if rows.is_empty() {
+            let events = on_pool!(self, |pool| {
+                let rows = sqlx::query(&sql).bind(after).fetch_all(pool).await?;
+                rows.iter()
+                    .map(event_from_row)
+                    .collect::<Result<Vec<_>>>()?
+            });
+            if events.is_empty() {
                 break;
             }
-            for row in &rows {
-                let event = event_from_row(row)?;
-                if let Err(chain_break) = verifier.check(&event) {
+            for event in &events {
+                if let Err(chain_break) = verifier.check(event) {
                     return Ok(Err(chain_break));
                 }
                 after = event.seq;

@@ -4,8 +4,8 @@
 
 use crate::audit::{append, insert_event, lock_head, reserve, set_head, NewAuditEvent};
 use crate::{
-    integer, now_millis, optional_text, random_id, text, Actor, Result, Store, StoreError,
-    WriteTransaction,
+    integer, now_millis, on_pool, on_tx, optional_text, random_id, text, Actor, Result, RowExt,
+    Store, StoreError, WriteTransaction,
 };
 use datarun_domain::consent::{MAX_CONSENT_MILLIS, MAX_CONSENT_USES};
 use datarun_domain::date::CivilDate;
@@ -15,7 +15,6 @@ use datarun_domain::{
 };
 use serde::Serialize;
 use serde_json::json;
-use sqlx::any::AnyRow;
 
 /// A citizen's grant, as asked for.
 #[derive(Debug, Clone)]
@@ -60,7 +59,7 @@ const AGE_OF_MAJORITY: i32 = 18;
 
 const CONSENT_COLUMNS: &str = "consent_id, subject_id, granted_by, requester_department, caseworker_id, record_types, fields_json, purpose_code, max_uses, uses, status, expires_at, granted_at";
 
-fn consent_from_row(row: &AnyRow) -> Result<Consent> {
+fn consent_from_row(row: &impl RowExt) -> Result<Consent> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("consent {what}"));
     let record_types = text(row, "record_types")?
         .split(',')
@@ -91,13 +90,14 @@ fn consent_from_row(row: &AnyRow) -> Result<Consent> {
 
 /// Reads a consent inside a write transaction.
 async fn load_consent(tx: &mut WriteTransaction, consent_id: &str) -> Result<Option<Consent>> {
-    let row = sqlx::query(&format!(
-        "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
-    ))
-    .bind(consent_id)
-    .fetch_optional(&mut ***tx)
-    .await?;
-    row.as_ref().map(consent_from_row).transpose()
+    let sql = format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1");
+    on_tx!(tx, |conn| {
+        let row = sqlx::query(&sql)
+            .bind(consent_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.as_ref().map(consent_from_row).transpose()
+    })
 }
 
 impl Store {
@@ -187,24 +187,34 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .bind(&consent.consent_id)
-        .bind(&consent.subject)
-        .bind(&consent.granted_by)
-        .bind(consent.requester_department.as_str())
-        .bind(&consent.caseworker)
-        .bind(consent.record_types.iter().map(RecordType::as_str).collect::<Vec<_>>().join(","))
-        .bind(consent.fields.as_ref().map(|f| json!(f).to_string()))
-        .bind(consent.purpose.as_str())
-        .bind(i64::from(consent.max_uses))
-        .bind(0i64)
-        .bind(consent.status.as_str())
-        .bind(consent.expires_at_millis)
-        .bind(consent.granted_at_millis)
-        .execute(&mut **tx)
-        .await?;
+        );
+        let record_types = consent
+            .record_types
+            .iter()
+            .map(RecordType::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let fields = consent.fields.as_ref().map(|f| json!(f).to_string());
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(&sql)
+                .bind(&consent.consent_id)
+                .bind(&consent.subject)
+                .bind(&consent.granted_by)
+                .bind(consent.requester_department.as_str())
+                .bind(&consent.caseworker)
+                .bind(&record_types)
+                .bind(&fields)
+                .bind(consent.purpose.as_str())
+                .bind(i64::from(consent.max_uses))
+                .bind(0i64)
+                .bind(consent.status.as_str())
+                .bind(consent.expires_at_millis)
+                .bind(consent.granted_at_millis)
+                .execute(&mut *conn)
+                .await?;
+        });
         append(
             &mut tx,
             place,
@@ -227,13 +237,16 @@ impl Store {
 
     /// Consents a citizen granted or that concern them, newest first.
     pub async fn consents_of(&self, resident: &ResidentId) -> Result<Vec<Consent>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE granted_by = $1 OR subject_id = $1 ORDER BY granted_at DESC LIMIT 500"
-        ))
-        .bind(resident.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(consent_from_row).collect()
+        );
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(resident.as_str())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(consent_from_row).collect()
+        })
     }
 
     /// Revokes a consent at once; only its grantor or its subject may.
@@ -250,13 +263,15 @@ impl Store {
         if consent.granted_by != resident.as_str() && consent.subject != resident.as_str() {
             return Err(StoreError::NotFound("consent".into()));
         }
-        sqlx::query(
-            "UPDATE consents SET status = 'revoked', revoked_at = $1 WHERE consent_id = $2",
-        )
-        .bind(now_millis())
-        .bind(consent_id)
-        .execute(&mut **tx)
-        .await?;
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(
+                "UPDATE consents SET status = 'revoked', revoked_at = $1 WHERE consent_id = $2",
+            )
+            .bind(now_millis())
+            .bind(consent_id)
+            .execute(&mut *conn)
+            .await?;
+        });
         append(
             &mut tx,
             place,
@@ -382,13 +397,16 @@ impl Store {
             Ok(()) => {
                 // The guard repeats the count check inside the write: the second of two
                 // concurrent uses finds the consent used up.
-                let used = sqlx::query(
+                let used = on_tx!(tx, |conn| {
+                    sqlx::query(
                     "UPDATE consents SET uses = uses + 1 WHERE consent_id = $1 AND uses < max_uses AND status = 'active'",
                 )
                 .bind(consent_id)
-                .execute(&mut ***tx)
-                .await?;
-                if used.rows_affected() == 1 {
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                });
+                if used == 1 {
                     Ok(())
                 } else {
                     let max_uses = consent.as_ref().map(|c| c.max_uses).unwrap_or(1);
@@ -417,29 +435,36 @@ impl Store {
         };
         let outcome = match (decision, consent) {
             (Ok(()), Some(mut consent)) => {
-                let rows = sqlx::query(
-                    "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at, r.fields_json
-                     FROM certificates c JOIN records r ON r.record_id = c.current_record_id
-                     WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.signed_at",
-                )
-                .bind(subject)
-                .bind(record_type.as_str())
-                .fetch_all(&mut ***tx)
-                .await?;
-                let mut certificates = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let fields: serde_json::Map<String, serde_json::Value> =
-                        serde_json::from_str(&text(row, "fields_json")?)
-                            .map_err(|e| StoreError::Corrupt(format!("certificate fields: {e}")))?;
-                    certificates.push(ReleasedCertificate {
-                        certificate_id: text(row, "certificate_id")?,
-                        record_id: text(row, "current_record_id")?,
-                        record_type: text(row, "record_type")?,
-                        issuing_department: text(row, "department_id")?,
-                        signed_at_millis: integer(row, "signed_at")?,
-                        fields: consent.release_fields(fields),
-                    });
-                }
+                let current = on_tx!(tx, |conn| {
+                    let rows = sqlx::query(
+                        "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at, r.fields
+                         FROM certificates c JOIN records r ON r.record_id = c.current_record_id
+                         WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.signed_at",
+                    )
+                    .bind(subject)
+                    .bind(record_type.as_str())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(ReleasedCertificate {
+                                certificate_id: text(row, "certificate_id")?,
+                                record_id: text(row, "current_record_id")?,
+                                record_type: text(row, "record_type")?,
+                                issuing_department: text(row, "department_id")?,
+                                signed_at_millis: integer(row, "signed_at")?,
+                                fields: row.fields("fields")?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                });
+                let certificates: Vec<ReleasedCertificate> = current
+                    .into_iter()
+                    .map(|certificate| ReleasedCertificate {
+                        fields: consent.release_fields(certificate.fields),
+                        ..certificate
+                    })
+                    .collect();
                 event.detail = json!({
                     "record_type": record_type,
                     "certificate_ids": certificates.iter().map(|c| &c.certificate_id).collect::<Vec<_>>(),

@@ -1,6 +1,10 @@
-//! The SQL store, through `sqlx`: the only crate that talks SQL. SQLite is the
-//! embedded default, PostgreSQL the production backend; both run the same queries
-//! (`$n` placeholders, `TEXT`/`BIGINT` columns) through sqlx's `Any` driver.
+//! The SQL store, through `sqlx`: the only crate that talks SQL. Two native engines
+//! sit behind the one `Store` type: SQLite (`SqlitePool`, the embedded default, STRICT
+//! tables) and PostgreSQL (`PgPool`, production: `bytea`, `jsonb`, `boolean`, array
+//! binds). Most statements are one SQL text, compiled once per engine by the
+//! [`on_pool!`] and [`on_tx!`] macros; where an engine has a better way (PostgreSQL's
+//! `UNNEST` arrays and `= ANY`, SQLite's multi-row `VALUES`), the code says so in a
+//! `match` on the engine.
 //!
 //! Every write that must be audited appends its audit event in the same transaction.
 //! Write transactions take SQLite's write lock at once (`BEGIN IMMEDIATE`); auditing
@@ -25,11 +29,41 @@ pub use registry::TrustedKey;
 pub use rejections::{RejectionEntry, RejectionFilter};
 pub use settings::PSEUDONYM_KEY_MIN_BYTES;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, Row};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::Row;
 use std::borrow::Cow;
+use std::str::FromStr;
 use std::time::Duration;
+
+/// Runs `$body` with `$pool` bound to the store's pool, compiled once per engine.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::Pool::Sqlite($pool) => $body,
+            $crate::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$conn` bound to a write transaction's connection, compiled once
+/// per engine; pass `&mut *$conn` to each statement.
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match &mut *$tx {
+            $crate::WriteTransaction::Sqlite { transaction, .. } => {
+                let $conn: &mut sqlx::SqliteConnection = &mut *transaction;
+                $body
+            }
+            $crate::WriteTransaction::Postgres(transaction) => {
+                let $conn: &mut sqlx::PgConnection = &mut *transaction;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use {on_pool, on_tx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,9 +87,11 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The embedded migrations, shared by both backends.
+/// The embedded migrations of one engine: 0001 and 0002 are the skeleton's schema,
+/// shared by both (so data directories and databases from before issue 6 migrate in
+/// place); from 0003 on each engine has its own, in the types that fit it.
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(Backend);
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     fn resolve(
@@ -67,49 +103,64 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 + 's,
         >,
     > {
-        Box::pin(async {
+        let migration = |version, description, sql| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        };
+        let native = match self.0 {
+            Backend::Sqlite => migration(
+                3,
+                "strict tables",
+                include_str!("../migrations/sqlite/0003_strict_tables.sql"),
+            ),
+            Backend::Postgres => migration(
+                3,
+                "native types",
+                include_str!("../migrations/postgres/0003_native_types.sql"),
+            ),
+        };
+        Box::pin(async move {
             Ok(vec![
-                Migration::new(
-                    1,
-                    Cow::Borrowed("initial"),
-                    MigrationType::Simple,
-                    Cow::Borrowed(include_str!("../migrations/0001_initial.sql")),
-                    false,
-                ),
-                Migration::new(
+                migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
+                migration(
                     2,
-                    Cow::Borrowed("ingest trust"),
-                    MigrationType::Simple,
-                    Cow::Borrowed(include_str!("../migrations/0002_ingest_trust.sql")),
-                    false,
+                    "ingest trust",
+                    include_str!("../migrations/0002_ingest_trust.sql"),
                 ),
+                native,
             ])
         })
     }
 }
 
+/// The pool of the engine a store runs on.
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 /// A write transaction; on SQLite it also holds this process's writer lock until it ends.
-pub(crate) struct WriteTransaction {
-    transaction: sqlx::Transaction<'static, sqlx::Any>,
-    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+pub(crate) enum WriteTransaction {
+    Sqlite {
+        transaction: sqlx::Transaction<'static, sqlx::Sqlite>,
+        _writer: tokio::sync::OwnedMutexGuard<()>,
+    },
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl WriteTransaction {
     pub(crate) async fn commit(self) -> Result<()> {
-        Ok(self.transaction.commit().await?)
-    }
-}
-
-impl std::ops::Deref for WriteTransaction {
-    type Target = sqlx::Transaction<'static, sqlx::Any>;
-    fn deref(&self) -> &Self::Target {
-        &self.transaction
-    }
-}
-
-impl std::ops::DerefMut for WriteTransaction {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.transaction
+        match self {
+            Self::Sqlite { transaction, .. } => transaction.commit().await?,
+            Self::Postgres(transaction) => transaction.commit().await?,
+        }
+        Ok(())
     }
 }
 
@@ -123,8 +174,7 @@ pub enum Backend {
 /// A handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
+    pool: Pool,
     /// Key for the keyed hashes (pseudonyms) of personal identifiers in the audit log.
     pseudonym_key: std::sync::Arc<Vec<u8>>,
     /// Serialises this process's SQLite writers (see `begin_write`).
@@ -160,68 +210,18 @@ pub fn fill_random(bytes: &mut [u8]) -> Result<()> {
 impl Store {
     /// Connects to `sqlite://path` (created when missing) or `postgres://…`, and migrates.
     pub async fn connect(url: &str, pseudonym_key: Vec<u8>) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
+        let pool = if url.starts_with("sqlite:") {
+            Pool::Sqlite(connect_sqlite(url).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
+            Pool::Postgres(connect_postgres(url).await?)
         } else {
             return Err(StoreError::Invalid(format!(
                 "database url must start with sqlite: or postgres:, got {}",
                 url.split(':').next().unwrap_or_default()
             )));
         };
-        let url = match backend {
-            Backend::Sqlite if !url.contains("mode=") => {
-                let separator = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{separator}mode=rwc")
-            }
-            _ => url.to_owned(),
-        };
-        let max_connections = match backend {
-            Backend::Sqlite => 4,
-            Backend::Postgres => 16,
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *connection)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *connection)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *connection)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *connection)
-                            .await?;
-                        // Index inserts at random keys touch pages all over a growing
-                        // file: SQLite's default 2 MiB page cache made a 200,000-record
-                        // ingest read and write through the kernel for most of them.
-                        for pragma in [
-                            "PRAGMA cache_size = -65536",
-                            "PRAGMA mmap_size = 268435456",
-                            "PRAGMA wal_autocheckpoint = 4000",
-                            "PRAGMA temp_store = MEMORY",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *connection).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        let migrator = Migrator::new(EmbeddedMigrations).await?;
-        migrator.run(&pool).await?;
         let store = Self {
             pool,
-            backend,
             pseudonym_key: std::sync::Arc::new(pseudonym_key),
             sqlite_writer: std::sync::Arc::default(),
             lookup_queue: std::sync::Arc::default(),
@@ -233,7 +233,6 @@ impl Store {
     /// Creates database `name` on the PostgreSQL server at `admin_url` (tests and operators).
     pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<()> {
         use sqlx::Connection;
-        sqlx::any::install_default_drivers();
         if !name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -242,7 +241,7 @@ impl Store {
                 "database name {name} must be lower-case letters, digits and _"
             )));
         }
-        let mut connection = sqlx::AnyConnection::connect(admin_url).await?;
+        let mut connection = sqlx::PgConnection::connect(admin_url).await?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut connection)
             .await?;
@@ -256,24 +255,24 @@ impl Store {
     /// (`BEGIN IMMEDIATE`) so a read-then-write transaction never fails on a moved
     /// snapshot. PostgreSQL locks rows as it goes.
     pub(crate) async fn begin_write(&self) -> Result<WriteTransaction> {
-        Ok(match self.backend {
-            Backend::Sqlite => {
-                let guard = self.sqlite_writer.clone().lock_owned().await;
-                let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                WriteTransaction {
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => {
+                let writer = self.sqlite_writer.clone().lock_owned().await;
+                let transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+                WriteTransaction::Sqlite {
                     transaction,
-                    _writer: Some(guard),
+                    _writer: writer,
                 }
             }
-            Backend::Postgres => WriteTransaction {
-                transaction: self.pool.begin().await?,
-                _writer: None,
-            },
+            Pool::Postgres(pool) => WriteTransaction::Postgres(pool.begin().await?),
         })
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
     }
 
     /// The keyed hash of a personal identifier, as it appears in audit events and logs.
@@ -283,7 +282,12 @@ impl Store {
 
     /// Whether the database answers within two seconds; the error says why not.
     pub async fn ping(&self) -> std::result::Result<(), String> {
-        let query = sqlx::query("SELECT 1").fetch_one(&self.pool);
+        let query = async {
+            on_pool!(self, |pool| sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(|_| ()))
+        };
         match tokio::time::timeout(Duration::from_secs(2), query).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
@@ -292,22 +296,129 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool| pool.close().await)
     }
 }
 
-fn text(row: &AnyRow, column: &str) -> Result<String> {
-    Ok(row.try_get::<String, _>(column)?)
+/// Opens the SQLite file (created when missing) and migrates it.
+async fn connect_sqlite(url: &str) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+        // Index inserts at random keys touch pages all over a growing file: SQLite's
+        // default 2 MiB page cache made a 200,000-record ingest read and write through
+        // the kernel for most of them.
+        .pragma("cache_size", "-65536")
+        .pragma("mmap_size", "268435456")
+        .pragma("wal_autocheckpoint", "4000")
+        .pragma("temp_store", "MEMORY");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    // Rebuilding a table (migration 0003) needs foreign keys off, as SQLite's own
+    // procedure says, and that can only be set outside a transaction: the migrations
+    // run on one connection with them off, and that connection is closed afterwards
+    // rather than returned to the pool with them off.
+    let mut connection = pool.acquire().await?;
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut *connection)
+        .await?;
+    let migrated = async {
+        Migrator::new(EmbeddedMigrations(Backend::Sqlite))
+            .await?
+            .run(&mut *connection)
+            .await?;
+        let broken = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut *connection)
+            .await?;
+        if !broken.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "{} rows break a foreign key after migrating",
+                broken.len()
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    connection.detach();
+    migrated?;
+    Ok(pool)
 }
 
-fn optional_text(row: &AnyRow, column: &str) -> Result<Option<String>> {
-    Ok(row.try_get::<Option<String>, _>(column)?)
+/// Connects to the PostgreSQL database and migrates it.
+async fn connect_postgres(url: &str) -> Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?;
+    Migrator::new(EmbeddedMigrations(Backend::Postgres))
+        .await?
+        .run(&pool)
+        .await?;
+    Ok(pool)
 }
 
-fn integer(row: &AnyRow, column: &str) -> Result<i64> {
-    Ok(row.try_get::<i64, _>(column)?)
+/// Typed reads of a row's columns, the same on both engines.
+pub(crate) trait RowExt {
+    fn text(&self, column: &str) -> Result<String>;
+    fn optional_text(&self, column: &str) -> Result<Option<String>>;
+    fn integer(&self, column: &str) -> Result<i64>;
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>>;
+    fn boolean(&self, column: &str) -> Result<bool>;
+    /// A JSON object column: `jsonb` on PostgreSQL, JSON text on SQLite.
+    fn fields(&self, column: &str) -> Result<serde_json::Map<String, serde_json::Value>>;
 }
 
-fn optional_integer(row: &AnyRow, column: &str) -> Result<Option<i64>> {
-    Ok(row.try_get::<Option<i64>, _>(column)?)
+macro_rules! row_ext {
+    ($row:ty) => {
+        impl RowExt for $row {
+            fn text(&self, column: &str) -> Result<String> {
+                Ok(self.try_get(column)?)
+            }
+            fn optional_text(&self, column: &str) -> Result<Option<String>> {
+                Ok(self.try_get(column)?)
+            }
+            fn integer(&self, column: &str) -> Result<i64> {
+                Ok(self.try_get(column)?)
+            }
+            fn optional_integer(&self, column: &str) -> Result<Option<i64>> {
+                Ok(self.try_get(column)?)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+                Ok(self.try_get(column)?)
+            }
+            fn boolean(&self, column: &str) -> Result<bool> {
+                Ok(self.try_get(column)?)
+            }
+            fn fields(&self, column: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+                let sqlx::types::Json(fields) = self.try_get(column)?;
+                Ok(fields)
+            }
+        }
+    };
+}
+row_ext!(SqliteRow);
+row_ext!(PgRow);
+
+fn text(row: &impl RowExt, column: &str) -> Result<String> {
+    row.text(column)
+}
+
+fn optional_text(row: &impl RowExt, column: &str) -> Result<Option<String>> {
+    row.optional_text(column)
+}
+
+fn integer(row: &impl RowExt, column: &str) -> Result<i64> {
+    row.integer(column)
+}
+
+fn optional_integer(row: &impl RowExt, column: &str) -> Result<Option<i64>> {
+    row.optional_integer(column)
 }

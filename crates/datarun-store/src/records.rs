@@ -2,7 +2,10 @@
 //! certificate) and rejected messages, written together for one ingest batch.
 
 use crate::audit::{insert_event, lock_head, set_head, NewAuditEvent};
-use crate::{integer, now_millis, optional_integer, optional_text, text, Backend, Result, Store};
+use crate::{
+    integer, now_millis, on_pool, on_tx, optional_integer, optional_text, text, Result, RowExt,
+    Store, StoreError, WriteTransaction,
+};
 use datarun_domain::versions::{decide, Stored, VersionDecision};
 use datarun_domain::{RejectReason, Rejection};
 use std::collections::{BTreeMap, HashMap};
@@ -19,11 +22,13 @@ pub struct StoredRecord {
     /// When the department signed, already bounded by the hub's clock.
     pub signed_at: i64,
     pub signing_key_id: String,
-    /// The record's content digest (`RecordEnvelope::content_digest`), hex: equal digests
+    /// The record's content digest (`RecordEnvelope::content_digest`): equal digests
     /// under one record id mean the very same record.
-    pub content_digest: String,
-    pub signature_hex: String,
-    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub content_digest: [u8; 32],
+    pub signature: Vec<u8>,
+    /// The decoded fields as a JSON object, serialised by the checks (which run in
+    /// parallel) rather than inside the store's transaction.
+    pub fields_json: String,
     pub guardians: Vec<String>,
 }
 
@@ -51,7 +56,7 @@ pub struct RejectedRecord {
     /// Set when the signature verified (even under a key revoked since): the record's
     /// content digest. A redelivery of a record stored before its key was revoked is
     /// then a duplicate, not a rejection.
-    pub content_digest: Option<String>,
+    pub content_digest: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,18 +90,19 @@ pub enum IngestOutcome {
 /// Rows per multi-row statement: far below SQLite's and PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// `n` parameters for an `IN (…)` list, the statement's only parameters. SQLite gets
-/// anonymous `?`s: sqlx reads each numbered parameter's name back from SQLite, which
-/// walks its list of names, so a 2,400-parameter `$n` statement costs quadratic time
-/// (a fifth of all ingest CPU time before this). PostgreSQL needs `$1 … $n`.
-fn parameter_list(backend: Backend, n: usize) -> String {
-    placeholders(backend, n, 1).replace(['(', ')'], "")
+/// `n` anonymous parameters for a SQLite `IN (…)` list. Anonymous, because sqlx reads
+/// each numbered parameter's name back from SQLite, which walks its list of names, so a
+/// 2,400-parameter `$n` statement costs quadratic time (a fifth of all ingest CPU time
+/// before this). PostgreSQL gets one array parameter instead (`= ANY($1)`).
+fn parameter_list(n: usize) -> String {
+    placeholders(n, 1).replace(['(', ')'], "")
 }
 
-/// `(…), (…)`: `rows` rows of `columns` parameters, numbered row by row (see
-/// [`parameter_list`] for why SQLite's are anonymous).
-fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 6);
+/// `(?, ?), (?, ?)`: `rows` rows of `columns` anonymous SQLite parameters, for a
+/// multi-row `VALUES` (see [`parameter_list`] for why anonymous). PostgreSQL writes a
+/// batch from `UNNEST` of one array per column instead.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * (columns * 3 + 2));
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
@@ -106,13 +112,7 @@ fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    sql.push('$');
-                    sql.push_str(&(row * columns + column + 1).to_string());
-                }
-            }
+            sql.push('?');
         }
         sql.push(')');
     }
@@ -171,24 +171,19 @@ impl Store {
                 Verdict::Reject(_) => None,
             })
             .collect();
-        if self.backend == Backend::Postgres {
+        if let WriteTransaction::Postgres(transaction) = &mut tx {
             let mut keys: Vec<i64> = accepted
                 .iter()
                 .map(|r| certificate_lock_key(&r.certificate_id))
                 .collect();
             keys.sort_unstable();
             keys.dedup();
-            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "SELECT pg_advisory_xact_lock(k) FROM (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k) AS s",
-                    placeholders(self.backend, chunk.len(), 1)
-                );
-                let mut query = sqlx::query(&sql);
-                for key in chunk {
-                    query = query.bind(*key);
-                }
-                query.execute(&mut **tx).await?;
-            }
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT k FROM UNNEST($1::int8[]) AS u(k) ORDER BY k) AS s",
+            )
+            .bind(&keys[..])
+            .execute(&mut **transaction)
+            .await?;
         }
         let recorded = self.recorded_rejections(&mut tx, items).await?;
         // What is stored already, for every record id and certificate the batch names.
@@ -199,37 +194,10 @@ impl Store {
             }
             _ => None,
         }));
-        let mut digests: HashMap<String, String> = HashMap::new();
-        for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT record_id, content_digest FROM records WHERE record_id IN ({})",
-                parameter_list(self.backend, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for record_id in chunk {
-                query = query.bind(*record_id);
-            }
-            for row in query.fetch_all(&mut **tx).await? {
-                digests.insert(text(&row, "record_id")?, text(&row, "content_digest")?);
-            }
-        }
-        let mut current: HashMap<String, (String, i64)> = HashMap::new();
-        for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT certificate_id, department_id, signed_at FROM certificates WHERE certificate_id IN ({})",
-                parameter_list(self.backend, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                query = query.bind(&record.certificate_id);
-            }
-            for row in query.fetch_all(&mut **tx).await? {
-                current.insert(
-                    text(&row, "certificate_id")?,
-                    (text(&row, "department_id")?, integer(&row, "signed_at")?),
-                );
-            }
-        }
+        let certificate_ids: Vec<&str> =
+            accepted.iter().map(|r| r.certificate_id.as_str()).collect();
+        let (mut digests, mut current) =
+            stored_versions(&mut tx, &record_ids, &certificate_ids).await?;
         // Decide in order, so later messages in the batch see earlier ones.
         let mut outcomes = Vec::with_capacity(items.len());
         let mut to_store: Vec<&StoredRecord> = Vec::new();
@@ -246,7 +214,7 @@ impl Store {
             let rejected = match &item.verdict {
                 Verdict::Accept(record) => {
                     let stored = Stored {
-                        digest_under_record_id: digests.get(&record.record_id).map(String::as_str),
+                        digest_under_record_id: digests.get(&record.record_id).map(Vec::as_slice),
                         current: current
                             .get(&record.certificate_id)
                             .map(|(department, signed_at)| (department.as_str(), *signed_at)),
@@ -258,7 +226,8 @@ impl Store {
                         record.signed_at,
                     ) {
                         VersionDecision::Store => {
-                            digests.insert(record.record_id.clone(), record.content_digest.clone());
+                            digests
+                                .insert(record.record_id.clone(), record.content_digest.to_vec());
                             current.insert(
                                 record.certificate_id.clone(),
                                 (record.department.clone(), record.signed_at),
@@ -278,7 +247,7 @@ impl Store {
                             department: Some(record.department.clone()),
                             record_type: Some(record.record_type.clone()),
                             verified: true,
-                            content_digest: Some(record.content_digest.clone()),
+                            content_digest: Some(record.content_digest),
                         },
                     }
                 }
@@ -287,7 +256,8 @@ impl Store {
                         .record_id
                         .as_ref()
                         .and_then(|id| digests.get(id))
-                        .is_some_and(|digest| Some(digest) == rejected.content_digest.as_ref());
+                        .zip(rejected.content_digest.as_ref())
+                        .is_some_and(|(stored, claimed)| stored[..] == claimed[..]);
                     if stored_same {
                         outcomes.push(IngestOutcome::Duplicate);
                         continue;
@@ -318,7 +288,7 @@ impl Store {
     /// Rejections an earlier attempt recorded for messages of this batch.
     async fn recorded_rejections(
         &self,
-        tx: &mut crate::WriteTransaction,
+        tx: &mut WriteTransaction,
         items: &[IngestItem],
     ) -> Result<HashMap<(String, i32, i64, String), RecordedRejection>> {
         let mut ranges: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
@@ -331,36 +301,44 @@ impl Store {
         }
         let mut recorded = HashMap::new();
         for ((topic, partition), (first, last)) in ranges {
-            let rows = sqlx::query(
-                "SELECT source_offset, message_digest, reason, field, message, dead_lettered_at
-                 FROM ingest_rejections
-                 WHERE source_topic = $1 AND source_partition = $2 AND source_offset BETWEEN $3 AND $4",
-            )
-            .bind(topic)
-            .bind(i64::from(partition))
-            .bind(first)
-            .bind(last)
-            .fetch_all(&mut ***tx)
-            .await?;
-            for row in rows {
-                let code = text(&row, "reason")?;
+            let rows = on_tx!(tx, |conn| {
+                let rows = sqlx::query(
+                    "SELECT source_offset, message_digest, reason, field, message, dead_lettered_at
+                     FROM ingest_rejections
+                     WHERE source_topic = $1 AND source_partition = $2 AND source_offset BETWEEN $3 AND $4",
+                )
+                .bind(topic)
+                .bind(i64::from(partition))
+                .bind(first)
+                .bind(last)
+                .fetch_all(&mut *conn)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            integer(row, "source_offset")?,
+                            hex::encode(row.bytes("message_digest")?),
+                            text(row, "reason")?,
+                            optional_text(row, "field")?,
+                            text(row, "message")?,
+                            optional_integer(row, "dead_lettered_at")?.is_some(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            });
+            for (offset, digest, code, field, message, dead_lettered) in rows {
                 let reason = RejectReason::from_code(&code).ok_or_else(|| {
-                    crate::StoreError::Corrupt(format!("unknown rejection reason {code}"))
+                    StoreError::Corrupt(format!("unknown rejection reason {code}"))
                 })?;
                 recorded.insert(
-                    (
-                        topic.to_owned(),
-                        partition,
-                        integer(&row, "source_offset")?,
-                        text(&row, "message_digest")?,
-                    ),
+                    (topic.to_owned(), partition, offset, digest),
                     RecordedRejection {
                         rejection: Rejection {
                             reason,
-                            field: optional_text(&row, "field")?,
-                            message: text(&row, "message")?,
+                            field,
+                            message,
                         },
-                        dead_lettered: optional_integer(&row, "dead_lettered_at")?.is_some(),
+                        dead_lettered,
                     },
                 );
             }
@@ -368,103 +346,41 @@ impl Store {
         Ok(recorded)
     }
 
+    /// Writes the batch's new record versions, makes the newest of each certificate
+    /// current and replaces its guardians. SQLite: multi-row `VALUES`; PostgreSQL: one
+    /// statement per table, from `UNNEST` of one array per column.
     async fn insert_records(
         &self,
-        tx: &mut crate::WriteTransaction,
+        tx: &mut WriteTransaction,
         records: &[&StoredRecord],
         latest: Vec<&StoredRecord>,
         now: i64,
     ) -> Result<()> {
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                     signed_at, signing_key_id, content_digest, signature_hex, fields_json, stored_at)
-                 VALUES {}",
-                placeholders(self.backend, chunk.len(), 12)
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                query = query
-                    .bind(&record.record_id)
-                    .bind(&record.certificate_id)
-                    .bind(&record.record_type)
-                    .bind(i64::from(record.schema_version))
-                    .bind(&record.department)
-                    .bind(&record.subject)
-                    .bind(record.signed_at)
-                    .bind(&record.signing_key_id)
-                    .bind(&record.content_digest)
-                    .bind(&record.signature_hex)
-                    .bind(serde_json::Value::Object(record.fields.clone()).to_string())
-                    .bind(now);
+        let guardians: Vec<(&str, &str, &str)> = latest
+            .iter()
+            .flat_map(|r| {
+                let mut unique: Vec<&String> = r.guardians.iter().collect();
+                unique.sort();
+                unique.dedup();
+                unique
+                    .into_iter()
+                    .map(move |g| (r.certificate_id.as_str(), g.as_str(), r.subject.as_str()))
+            })
+            .collect();
+        match tx {
+            WriteTransaction::Sqlite { transaction, .. } => {
+                insert_records_sqlite(transaction, records, &latest, &guardians, now).await
             }
-            query.execute(&mut ***tx).await?;
-        }
-        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-            // The WHERE guard keeps the newest version current even if a writer that
-            // did not take the certificate's lock got here first.
-            let sql = format!(
-                "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
-                     signed_at, updated_at)
-                 VALUES {}
-                 ON CONFLICT (certificate_id) DO UPDATE SET
-                     record_type = excluded.record_type, subject_id = excluded.subject_id,
-                     current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
-                     updated_at = excluded.updated_at
-                 WHERE certificates.signed_at < excluded.signed_at",
-                placeholders(self.backend, chunk.len(), 7)
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                query = query
-                    .bind(&record.certificate_id)
-                    .bind(&record.record_type)
-                    .bind(&record.department)
-                    .bind(&record.subject)
-                    .bind(&record.record_id)
-                    .bind(record.signed_at)
-                    .bind(now);
-            }
-            query.execute(&mut ***tx).await?;
-            let sql = format!(
-                "DELETE FROM certificate_guardians WHERE certificate_id IN ({})",
-                parameter_list(self.backend, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                query = query.bind(&record.certificate_id);
-            }
-            query.execute(&mut ***tx).await?;
-            let guardians: Vec<(&str, &str, &str)> = chunk
-                .iter()
-                .flat_map(|r| {
-                    let mut unique: Vec<&String> = r.guardians.iter().collect();
-                    unique.sort();
-                    unique.dedup();
-                    unique
-                        .into_iter()
-                        .map(move |g| (r.certificate_id.as_str(), g.as_str(), r.subject.as_str()))
-                })
-                .collect();
-            if !guardians.is_empty() {
-                let sql = format!(
-                    "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id) VALUES {}",
-                    placeholders(self.backend, guardians.len(), 3)
-                );
-                let mut query = sqlx::query(&sql);
-                for (certificate, guardian, subject) in guardians {
-                    query = query.bind(certificate).bind(guardian).bind(subject);
-                }
-                query.execute(&mut ***tx).await?;
+            WriteTransaction::Postgres(transaction) => {
+                insert_records_postgres(transaction, records, &latest, &guardians, now).await
             }
         }
-        Ok(())
     }
 
     /// Records and audits new rejections, in order, at the end of the chain.
     async fn record_rejections(
         &self,
-        tx: &mut crate::WriteTransaction,
+        tx: &mut WriteTransaction,
         rejections: Vec<NewRejection<'_>>,
         now: i64,
     ) -> Result<()> {
@@ -495,26 +411,29 @@ impl Store {
             };
             let audited = insert_event(tx, seq + 1, &hash, event).await?;
             (seq, hash) = (audited.seq, audited.hash);
-            sqlx::query(
-                "INSERT INTO ingest_rejections (source_topic, source_partition, source_offset, message_digest,
-                     reason, field, message, record_id, department_id, record_type, verified, rejected_at, audit_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&source.topic)
-            .bind(i64::from(source.partition))
-            .bind(source.offset)
-            .bind(&source.message_digest)
-            .bind(rejection.reason.code())
-            .bind(&rejection.field)
-            .bind(&rejection.message)
-            .bind(&rejected.record_id)
-            .bind(&rejected.department)
-            .bind(&rejected.record_type)
-            .bind(i64::from(rejected.verified))
-            .bind(now)
-            .bind(seq)
-            .execute(&mut ***tx)
-            .await?;
+            let message_digest = digest_bytes(&source.message_digest)?;
+            on_tx!(tx, |conn| {
+                sqlx::query(
+                    "INSERT INTO ingest_rejections (source_topic, source_partition, source_offset, message_digest,
+                         reason, field, message, record_id, department_id, record_type, verified, rejected_at, audit_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(&source.topic)
+                .bind(i64::from(source.partition))
+                .bind(source.offset)
+                .bind(&message_digest[..])
+                .bind(rejection.reason.code())
+                .bind(&rejection.field)
+                .bind(&rejection.message)
+                .bind(&rejected.record_id)
+                .bind(&rejected.department)
+                .bind(&rejected.record_type)
+                .bind(rejected.verified)
+                .bind(now)
+                .bind(seq)
+                .execute(&mut *conn)
+                .await?;
+            });
         }
         set_head(tx, seq, &hash).await
     }
@@ -527,31 +446,35 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let now = now_millis();
         for (source, form) in sources {
-            sqlx::query(
-                "UPDATE ingest_rejections SET dead_lettered_at = $1, dead_letter_form = $2
-                 WHERE source_topic = $3 AND source_partition = $4 AND source_offset = $5 AND message_digest = $6",
-            )
-            .bind(now)
-            .bind(*form)
-            .bind(&source.topic)
-            .bind(i64::from(source.partition))
-            .bind(source.offset)
-            .bind(&source.message_digest)
-            .execute(&mut **tx)
-            .await?;
+            let message_digest = digest_bytes(&source.message_digest)?;
+            on_tx!(&mut tx, |conn| {
+                sqlx::query(
+                    "UPDATE ingest_rejections SET dead_lettered_at = $1, dead_letter_form = $2
+                     WHERE source_topic = $3 AND source_partition = $4 AND source_offset = $5 AND message_digest = $6",
+                )
+                .bind(now)
+                .bind(*form)
+                .bind(&source.topic)
+                .bind(i64::from(source.partition))
+                .bind(source.offset)
+                .bind(&message_digest[..])
+                .execute(&mut *conn)
+                .await?;
+            });
         }
         tx.commit().await
     }
 
     /// How many record versions and current certificates are stored.
     pub async fn record_counts(&self) -> Result<(i64, i64)> {
-        let records = sqlx::query("SELECT COUNT(*) AS n FROM records")
-            .fetch_one(&self.pool)
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM records) AS records, (SELECT COUNT(*) FROM certificates) AS certificates",
+            )
+            .fetch_one(pool)
             .await?;
-        let certificates = sqlx::query("SELECT COUNT(*) AS n FROM certificates")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((integer(&records, "n")?, integer(&certificates, "n")?))
+            Ok((integer(&row, "records")?, integer(&row, "certificates")?))
+        })
     }
 
     /// Which of `record_ids` are stored (a connector's or an operator's reconciliation).
@@ -560,17 +483,33 @@ impl Store {
         record_ids: &[String],
     ) -> Result<std::collections::BTreeSet<String>> {
         let mut stored = std::collections::BTreeSet::new();
-        for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT record_id FROM records WHERE record_id IN ({})",
-                parameter_list(self.backend, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id);
+        match &self.pool {
+            crate::Pool::Sqlite(pool) => {
+                for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "SELECT record_id FROM records WHERE record_id IN ({})",
+                        parameter_list(chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    for row in query.fetch_all(pool).await? {
+                        stored.insert(text(&row, "record_id")?);
+                    }
+                }
             }
-            for row in query.fetch_all(&self.pool).await? {
-                stored.insert(text(&row, "record_id")?);
+            crate::Pool::Postgres(pool) => {
+                for chunk in record_ids.chunks(10_000) {
+                    let rows =
+                        sqlx::query("SELECT record_id FROM records WHERE record_id = ANY($1)")
+                            .bind(chunk)
+                            .fetch_all(pool)
+                            .await?;
+                    for row in rows {
+                        stored.insert(text(&row, "record_id")?);
+                    }
+                }
             }
         }
         Ok(stored)
@@ -578,53 +517,299 @@ impl Store {
 
     /// The current version of a certificate: its record id and signing time.
     pub async fn current_version(&self, certificate_id: &str) -> Result<Option<(String, i64)>> {
-        let row = sqlx::query(
-            "SELECT current_record_id, signed_at FROM certificates WHERE certificate_id = $1",
-        )
-        .bind(certificate_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok((
-                text(&row, "current_record_id")?,
-                integer(&row, "signed_at")?,
-            ))
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT current_record_id, signed_at FROM certificates WHERE certificate_id = $1",
+            )
+            .bind(certificate_id)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|row| {
+                Ok((
+                    text(&row, "current_record_id")?,
+                    integer(&row, "signed_at")?,
+                ))
+            })
+            .transpose()
         })
-        .transpose()
     }
 
     /// How many messages were rejected, and how many of those are dead-lettered.
     pub async fn rejection_counts(&self) -> Result<(i64, i64)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COUNT(dead_lettered_at) AS lettered FROM ingest_rejections",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((integer(&row, "n")?, integer(&row, "lettered")?))
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, COUNT(dead_lettered_at) AS lettered FROM ingest_rejections",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok((integer(&row, "n")?, integer(&row, "lettered")?))
+        })
     }
 
     /// True when `guardian` is named as a guardian on a stored certificate of `subject`.
     pub async fn is_guardian_of(&self, guardian: &str, subject: &str) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM certificate_guardians WHERE guardian_id = $1 AND subject_id = $2",
-        )
-        .bind(guardian)
-        .bind(subject)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(integer(&row, "n")? > 0)
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM certificate_guardians WHERE guardian_id = $1 AND subject_id = $2",
+            )
+            .bind(guardian)
+            .bind(subject)
+            .fetch_one(pool)
+            .await?;
+            Ok(integer(&row, "n")? > 0)
+        })
     }
 
     /// Subjects whose certificates name `guardian` as guardian.
     pub async fn wards_of(&self, guardian: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT subject_id FROM certificate_guardians WHERE guardian_id = $1",
-        )
-        .bind(guardian)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|row| text(row, "subject_id")).collect()
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT DISTINCT subject_id FROM certificate_guardians WHERE guardian_id = $1",
+            )
+            .bind(guardian)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| text(row, "subject_id")).collect()
+        })
     }
+}
+
+/// A message digest as stored: 32 bytes from the hex of `MessageSource`.
+fn digest_bytes(digest_hex: &str) -> Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(digest_hex, &mut bytes)
+        .map_err(|_| StoreError::Invalid("a message digest is 64 hex digits".into()))?;
+    Ok(bytes)
+}
+
+/// Content digests stored under `record_ids`, and the current version (department,
+/// signing time) of `certificate_ids`, read inside the batch's transaction.
+async fn stored_versions(
+    tx: &mut WriteTransaction,
+    record_ids: &[&str],
+    certificate_ids: &[&str],
+) -> Result<(HashMap<String, Vec<u8>>, HashMap<String, (String, i64)>)> {
+    let mut digests = HashMap::with_capacity(record_ids.len());
+    let mut current = HashMap::with_capacity(certificate_ids.len());
+    match tx {
+        WriteTransaction::Sqlite { transaction, .. } => {
+            for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "SELECT record_id, content_digest FROM records WHERE record_id IN ({})",
+                    parameter_list(chunk.len())
+                );
+                let mut query = sqlx::query(&sql);
+                for record_id in chunk {
+                    query = query.bind(*record_id);
+                }
+                for row in query.fetch_all(&mut **transaction).await? {
+                    digests.insert(text(&row, "record_id")?, row.bytes("content_digest")?);
+                }
+            }
+            for chunk in certificate_ids.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "SELECT certificate_id, department_id, signed_at FROM certificates WHERE certificate_id IN ({})",
+                    parameter_list(chunk.len())
+                );
+                let mut query = sqlx::query(&sql);
+                for certificate_id in chunk {
+                    query = query.bind(*certificate_id);
+                }
+                for row in query.fetch_all(&mut **transaction).await? {
+                    current.insert(
+                        text(&row, "certificate_id")?,
+                        (text(&row, "department_id")?, integer(&row, "signed_at")?),
+                    );
+                }
+            }
+        }
+        WriteTransaction::Postgres(transaction) => {
+            let rows = sqlx::query(
+                "SELECT record_id, content_digest FROM records WHERE record_id = ANY($1)",
+            )
+            .bind(record_ids)
+            .fetch_all(&mut **transaction)
+            .await?;
+            for row in rows {
+                digests.insert(text(&row, "record_id")?, row.bytes("content_digest")?);
+            }
+            let rows = sqlx::query(
+                "SELECT certificate_id, department_id, signed_at FROM certificates WHERE certificate_id = ANY($1)",
+            )
+            .bind(certificate_ids)
+            .fetch_all(&mut **transaction)
+            .await?;
+            for row in rows {
+                current.insert(
+                    text(&row, "certificate_id")?,
+                    (text(&row, "department_id")?, integer(&row, "signed_at")?),
+                );
+            }
+        }
+    }
+    Ok((digests, current))
+}
+
+async fn insert_records_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    records: &[&StoredRecord],
+    latest: &[&StoredRecord],
+    guardians: &[(&str, &str, &str)],
+    now: i64,
+) -> Result<()> {
+    for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
+                 signed_at, signing_key_id, content_digest, signature, fields, stored_at)
+             VALUES {}",
+            placeholders(chunk.len(), 12)
+        );
+        let mut query = sqlx::query(&sql);
+        for record in chunk {
+            query = query
+                .bind(&record.record_id)
+                .bind(&record.certificate_id)
+                .bind(&record.record_type)
+                .bind(i64::from(record.schema_version))
+                .bind(&record.department)
+                .bind(&record.subject)
+                .bind(record.signed_at)
+                .bind(&record.signing_key_id)
+                .bind(&record.content_digest[..])
+                .bind(&record.signature)
+                .bind(&record.fields_json)
+                .bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+        // The WHERE guard keeps the newest version current even if a writer that did
+        // not take the certificate's lock got here first.
+        let sql = format!(
+            "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
+                 signed_at, updated_at)
+             VALUES {}
+             ON CONFLICT (certificate_id) DO UPDATE SET
+                 record_type = excluded.record_type, subject_id = excluded.subject_id,
+                 current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
+                 updated_at = excluded.updated_at
+             WHERE certificates.signed_at < excluded.signed_at",
+            placeholders(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        for record in chunk {
+            query = query
+                .bind(&record.certificate_id)
+                .bind(&record.record_type)
+                .bind(&record.department)
+                .bind(&record.subject)
+                .bind(&record.record_id)
+                .bind(record.signed_at)
+                .bind(now);
+        }
+        query.execute(&mut *conn).await?;
+        let sql = format!(
+            "DELETE FROM certificate_guardians WHERE certificate_id IN ({})",
+            parameter_list(chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for record in chunk {
+            query = query.bind(&record.certificate_id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in guardians.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id) VALUES {}",
+            placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for (certificate, guardian, subject) in chunk {
+            query = query.bind(*certificate).bind(*guardian).bind(*subject);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_records_postgres(
+    conn: &mut sqlx::PgConnection,
+    records: &[&StoredRecord],
+    latest: &[&StoredRecord],
+    guardians: &[(&str, &str, &str)],
+    now: i64,
+) -> Result<()> {
+    fn column<'a, T: ?Sized + 'a>(
+        records: &[&'a StoredRecord],
+        field: impl Fn(&'a StoredRecord) -> &'a T,
+    ) -> Vec<&'a T> {
+        records.iter().map(|r| field(r)).collect()
+    }
+    if !records.is_empty() {
+        sqlx::query(
+            "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
+                 signed_at, signing_key_id, content_digest, signature, fields, stored_at)
+             SELECT record_id, certificate_id, record_type, schema_version, department_id, subject_id,
+                 signed_at, signing_key_id, content_digest, signature, fields::jsonb, $12
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[],
+                 $8::text[], $9::bytea[], $10::bytea[], $11::text[])
+                 AS u(record_id, certificate_id, record_type, schema_version, department_id, subject_id,
+                 signed_at, signing_key_id, content_digest, signature, fields)",
+        )
+        .bind(column(records, |r| r.record_id.as_str()))
+        .bind(column(records, |r| r.certificate_id.as_str()))
+        .bind(column(records, |r| r.record_type.as_str()))
+        .bind(records.iter().map(|r| i64::from(r.schema_version)).collect::<Vec<_>>())
+        .bind(column(records, |r| r.department.as_str()))
+        .bind(column(records, |r| r.subject.as_str()))
+        .bind(records.iter().map(|r| r.signed_at).collect::<Vec<_>>())
+        .bind(column(records, |r| r.signing_key_id.as_str()))
+        .bind(column(records, |r| &r.content_digest[..]))
+        .bind(column(records, |r| r.signature.as_slice()))
+        .bind(column(records, |r| r.fields_json.as_str()))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !latest.is_empty() {
+        // The WHERE guard keeps the newest version current even if a writer that did
+        // not take the certificate's lock got here first.
+        sqlx::query(
+            "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
+                 signed_at, updated_at)
+             SELECT *, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[])
+             ON CONFLICT (certificate_id) DO UPDATE SET
+                 record_type = excluded.record_type, subject_id = excluded.subject_id,
+                 current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
+                 updated_at = excluded.updated_at
+             WHERE certificates.signed_at < excluded.signed_at",
+        )
+        .bind(column(latest, |r| r.certificate_id.as_str()))
+        .bind(column(latest, |r| r.record_type.as_str()))
+        .bind(column(latest, |r| r.department.as_str()))
+        .bind(column(latest, |r| r.subject.as_str()))
+        .bind(column(latest, |r| r.record_id.as_str()))
+        .bind(latest.iter().map(|r| r.signed_at).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM certificate_guardians WHERE certificate_id = ANY($1)")
+            .bind(column(latest, |r| r.certificate_id.as_str()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !guardians.is_empty() {
+        sqlx::query(
+            "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+        )
+        .bind(guardians.iter().map(|g| g.0).collect::<Vec<_>>())
+        .bind(guardians.iter().map(|g| g.1).collect::<Vec<_>>())
+        .bind(guardians.iter().map(|g| g.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn source_key(source: &MessageSource) -> (String, i32, i64, String) {
@@ -639,16 +824,10 @@ fn source_key(source: &MessageSource) -> (String, i32, i64, String) {
 #[cfg(test)]
 mod tests {
     use super::{parameter_list, placeholders};
-    use crate::Backend;
 
     #[test]
-    fn placeholders_are_anonymous_on_sqlite_and_numbered_on_postgres() {
-        assert_eq!(placeholders(Backend::Sqlite, 2, 3), "(?, ?, ?), (?, ?, ?)");
-        assert_eq!(
-            placeholders(Backend::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(parameter_list(Backend::Sqlite, 3), "?, ?, ?");
-        assert_eq!(parameter_list(Backend::Postgres, 3), "$1, $2, $3");
+    fn sqlite_placeholders_are_anonymous() {
+        assert_eq!(placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(parameter_list(3), "?, ?, ?");
     }
 }

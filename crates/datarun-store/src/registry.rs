@@ -1,7 +1,9 @@
 //! The trust registry: departments, their signing keys, publish permissions,
 //! registered schemas and the purpose catalogue.
 
-use crate::{integer, now_millis, optional_integer, text, Result, Store, StoreError};
+use crate::{
+    integer, now_millis, on_pool, optional_integer, text, Result, RowExt, Store, StoreError,
+};
 use datarun_domain::trust::KeyWindow;
 use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
 
@@ -33,24 +35,29 @@ impl Store {
         department: &DepartmentId,
         display_name: &str,
     ) -> Result<()> {
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO departments (department_id, display_name, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (department_id) DO UPDATE SET display_name = excluded.display_name",
         )
         .bind(department.as_str())
         .bind(display_name)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
+        });
         Ok(())
     }
 
     pub async fn department_exists(&self, department: &DepartmentId) -> Result<bool> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM departments WHERE department_id = $1")
-            .bind(department.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(integer(&row, "n")? > 0)
+        let n = on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM departments WHERE department_id = $1")
+                .bind(department.as_str())
+                .fetch_one(pool)
+                .await?;
+            integer(&row, "n")?
+        });
+        Ok(n > 0)
     }
 
     /// Registers a department's Ed25519 public key (32 bytes).
@@ -71,72 +78,72 @@ impl Store {
         if !self.department_exists(department).await? {
             return Err(StoreError::NotFound(format!("department {department}")));
         }
-        let existing = sqlx::query(
-            "SELECT department_id, public_key_hex FROM signing_keys WHERE signing_key_id = $1",
-        )
-        .bind(key_id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = existing {
-            if text(&row, "department_id")? == department.as_str()
-                && text(&row, "public_key_hex")? == hex::encode(public_key)
-            {
+        if let Some(existing) = self.trusted_key(key_id.as_str()).await? {
+            if existing.department == department.as_str() && existing.public_key == public_key {
                 return Ok(());
             }
             return Err(StoreError::Conflict(format!(
                 "key id {key_id} is already registered with another key; keys are never replaced, register a new key id"
             )));
         }
-        sqlx::query(
-            "INSERT INTO signing_keys (signing_key_id, department_id, algorithm, public_key_hex, not_before, not_after, registered_at)
+        on_pool!(self, |pool| {
+            sqlx::query(
+            "INSERT INTO signing_keys (signing_key_id, department_id, algorithm, public_key, not_before, not_after, registered_at)
              VALUES ($1, $2, 'ed25519', $3, $4, $5, $6)",
         )
         .bind(key_id.as_str())
         .bind(department.as_str())
-        .bind(hex::encode(public_key))
+        .bind(public_key)
         .bind(not_before)
         .bind(not_after)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
+        });
         Ok(())
     }
 
     /// Revokes a key from `at` on: records the hub receives from then on are refused,
     /// whatever signing time they claim. An earlier revocation is never moved later.
     pub async fn revoke_signing_key(&self, key_id: &KeyId, at: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE signing_keys SET revoked_at = CASE WHEN revoked_at IS NULL OR revoked_at > $1 THEN $1 ELSE revoked_at END
-             WHERE signing_key_id = $2")
-            .bind(at)
-            .bind(key_id.as_str())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
+        let done = on_pool!(self, |pool| {
+            sqlx::query(
+            "UPDATE signing_keys SET revoked_at = CASE WHEN revoked_at IS NULL OR revoked_at > $1 THEN $1 ELSE revoked_at END
+             WHERE signing_key_id = $2"
+        )
+        .bind(at)
+        .bind(key_id.as_str())
+        .execute(pool)
+        .await?
+        .rows_affected()
+        });
+        if done == 0 {
             return Err(StoreError::NotFound(format!("signing key {key_id}")));
         }
         Ok(())
     }
 
     pub async fn trusted_key(&self, key_id: &str) -> Result<Option<TrustedKey>> {
-        let row = sqlx::query(
-            "SELECT signing_key_id, department_id, public_key_hex, not_before, not_after, revoked_at
-             FROM signing_keys WHERE signing_key_id = $1",
-        )
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(TrustedKey {
-                signing_key_id: text(&row, "signing_key_id")?,
-                department: text(&row, "department_id")?,
-                public_key: hex::decode(text(&row, "public_key_hex")?)
-                    .map_err(|e| StoreError::Corrupt(format!("public key hex: {e}")))?,
-                not_before: integer(&row, "not_before")?,
-                not_after: optional_integer(&row, "not_after")?,
-                revoked_at: optional_integer(&row, "revoked_at")?,
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT signing_key_id, department_id, public_key, not_before, not_after, revoked_at
+                 FROM signing_keys WHERE signing_key_id = $1",
+            )
+            .bind(key_id)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|row| {
+                Ok(TrustedKey {
+                    signing_key_id: text(&row, "signing_key_id")?,
+                    department: text(&row, "department_id")?,
+                    public_key: row.bytes("public_key")?,
+                    not_before: integer(&row, "not_before")?,
+                    not_after: optional_integer(&row, "not_after")?,
+                    revoked_at: optional_integer(&row, "revoked_at")?,
+                })
             })
+            .transpose()
         })
-        .transpose()
     }
 
     pub async fn allow_publish(
@@ -147,27 +154,32 @@ impl Store {
         if !self.department_exists(department).await? {
             return Err(StoreError::NotFound(format!("department {department}")));
         }
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO publish_permissions (department_id, record_type, granted_at) VALUES ($1, $2, $3)
              ON CONFLICT (department_id, record_type) DO NOTHING",
         )
         .bind(department.as_str())
         .bind(record_type.as_str())
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
+        });
         Ok(())
     }
 
     pub async fn may_publish(&self, department: &str, record_type: &str) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM publish_permissions WHERE department_id = $1 AND record_type = $2",
-        )
-        .bind(department)
-        .bind(record_type)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(integer(&row, "n")? > 0)
+        let n = on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM publish_permissions WHERE department_id = $1 AND record_type = $2",
+            )
+            .bind(department)
+            .bind(record_type)
+            .fetch_one(pool)
+            .await?;
+            integer(&row, "n")?
+        });
+        Ok(n > 0)
     }
 
     /// Registers a schema version; registering the identical definition again is a no-op,
@@ -189,15 +201,17 @@ impl Store {
                 "{record_type} version {version} is already registered with a different definition; register a new version"
             )));
         }
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO record_schemas (record_type, schema_version, definition, registered_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(record_type.as_str())
         .bind(i64::from(version))
         .bind(definition)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
+        });
         Ok(())
     }
 
@@ -206,34 +220,41 @@ impl Store {
         record_type: &str,
         version: u32,
     ) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT definition FROM record_schemas WHERE record_type = $1 AND schema_version = $2",
-        )
-        .bind(record_type)
-        .bind(i64::from(version))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| text(&row, "definition")).transpose()
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT definition FROM record_schemas WHERE record_type = $1 AND schema_version = $2",
+            )
+            .bind(record_type)
+            .bind(i64::from(version))
+            .fetch_optional(pool)
+            .await?;
+            row.map(|row| text(&row, "definition")).transpose()
+        })
     }
 
     pub async fn add_purpose(&self, purpose: &PurposeCode, description: &str) -> Result<()> {
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO purposes (purpose_code, description, registered_at) VALUES ($1, $2, $3)
              ON CONFLICT (purpose_code) DO UPDATE SET description = excluded.description",
         )
         .bind(purpose.as_str())
         .bind(description)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
+        });
         Ok(())
     }
 
     pub async fn purpose_exists(&self, purpose: &PurposeCode) -> Result<bool> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM purposes WHERE purpose_code = $1")
-            .bind(purpose.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(integer(&row, "n")? > 0)
+        let n = on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM purposes WHERE purpose_code = $1")
+                .bind(purpose.as_str())
+                .fetch_one(pool)
+                .await?;
+            integer(&row, "n")?
+        });
+        Ok(n > 0)
     }
 }

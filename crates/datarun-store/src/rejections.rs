@@ -1,7 +1,7 @@
 //! The operator's view of rejected messages: what was dead-lettered, why, and where
 //! it came from — never a payload value.
 
-use crate::{integer, optional_integer, optional_text, text, Result, Store};
+use crate::{integer, on_pool, optional_integer, optional_text, text, Result, RowExt, Store};
 use serde::Serialize;
 
 /// What an operator may filter rejections on.
@@ -37,37 +37,39 @@ pub struct RejectionEntry {
 impl Store {
     /// Rejections matching `filter`, newest first, at most `limit` (1-1000).
     pub async fn rejections(&self, filter: &RejectionFilter) -> Result<Vec<RejectionEntry>> {
-        let rows = sqlx::query(
-            "SELECT rejected_at, reason, field, message, record_id, department_id, record_type, verified,
-                    source_topic, source_partition, source_offset, dead_letter_form, dead_lettered_at, audit_seq
-             FROM ingest_rejections
-             WHERE ($1 = '' OR reason = $1) AND rejected_at >= $2
-             ORDER BY rejected_at DESC, audit_seq DESC LIMIT $3",
-        )
-        .bind(filter.reason.clone().unwrap_or_default())
-        .bind(filter.since_millis.unwrap_or(0))
-        .bind(filter.limit.clamp(1, 1000))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RejectionEntry {
-                    rejected_at_millis: integer(row, "rejected_at")?,
-                    reason: text(row, "reason")?,
-                    field: optional_text(row, "field")?,
-                    message: text(row, "message")?,
-                    record_id: optional_text(row, "record_id")?,
-                    department: optional_text(row, "department_id")?,
-                    record_type: optional_text(row, "record_type")?,
-                    verified: integer(row, "verified")? != 0,
-                    topic: text(row, "source_topic")?,
-                    partition: integer(row, "source_partition")?,
-                    offset: integer(row, "source_offset")?,
-                    dead_letter_form: optional_integer(row, "dead_lettered_at")?
-                        .and(optional_text(row, "dead_letter_form")?),
-                    audit_seq: integer(row, "audit_seq")?,
-                })
-            })
-            .collect()
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT rejected_at, reason, field, message, record_id, department_id, record_type, verified,
+                        source_topic, source_partition, source_offset, dead_letter_form, dead_lettered_at, audit_seq
+                 FROM ingest_rejections
+                 WHERE ($1 = '' OR reason = $1) AND rejected_at >= $2
+                 ORDER BY rejected_at DESC, audit_seq DESC LIMIT $3",
+            )
+            .bind(filter.reason.as_deref().unwrap_or_default())
+            .bind(filter.since_millis.unwrap_or(0))
+            .bind(filter.limit.clamp(1, 1000))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(rejection_from_row).collect()
+        })
     }
+}
+
+fn rejection_from_row(row: &impl RowExt) -> Result<RejectionEntry> {
+    Ok(RejectionEntry {
+        rejected_at_millis: integer(row, "rejected_at")?,
+        reason: text(row, "reason")?,
+        field: optional_text(row, "field")?,
+        message: text(row, "message")?,
+        record_id: optional_text(row, "record_id")?,
+        department: optional_text(row, "department_id")?,
+        record_type: optional_text(row, "record_type")?,
+        verified: row.boolean("verified")?,
+        topic: text(row, "source_topic")?,
+        partition: integer(row, "source_partition")?,
+        offset: integer(row, "source_offset")?,
+        dead_letter_form: optional_integer(row, "dead_lettered_at")?
+            .and(optional_text(row, "dead_letter_form")?),
+        audit_seq: integer(row, "audit_seq")?,
+    })
 }

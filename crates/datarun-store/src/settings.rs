@@ -4,7 +4,7 @@
 //! instance started with another key is refused instead of writing pseudonyms that no
 //! audit query would ever find.
 
-use crate::{text, Result, Store, StoreError};
+use crate::{on_pool, text, Result, Store, StoreError};
 
 /// The shortest pseudonym key accepted: HMAC-SHA256's own output length.
 pub const PSEUDONYM_KEY_MIN_BYTES: usize = 32;
@@ -22,18 +22,21 @@ impl Store {
         }
         let check =
             datarun_domain::pseudonym(&self.pseudonym_key, "datarun pseudonym key check v1");
-        sqlx::query(
-            "INSERT INTO hub_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(PSEUDONYM_KEY_CHECK)
-        .bind(&check)
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query("SELECT value FROM hub_settings WHERE name = $1")
+        let recorded = on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO hub_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            )
             .bind(PSEUDONYM_KEY_CHECK)
-            .fetch_one(&self.pool)
+            .bind(&check)
+            .execute(pool)
             .await?;
-        if text(&row, "value")? != check {
+            let row = sqlx::query("SELECT value FROM hub_settings WHERE name = $1")
+                .bind(PSEUDONYM_KEY_CHECK)
+                .fetch_one(pool)
+                .await?;
+            text(&row, "value")?
+        });
+        if recorded != check {
             return Err(StoreError::Invalid(
                 "this hub's pseudonym key is not the key this database was set up with; every hub \
                  instance on one database must use the same key (DATARUN_PSEUDONYM_KEY or \

@@ -1,0 +1,263 @@
+//! A database the walking skeleton wrote (schema 0001 + 0002 through sqlx's `Any`
+//! driver: hex TEXT digests and keys, TEXT JSON, BIGINT flags) is migrated in place by
+//! the native engines on first start, on SQLite and PostgreSQL: every key, token,
+//! record, rejection and the audit chain still work afterwards.
+
+use crate::harness::{postgres_admin_url, unique, Db};
+use datarun_domain::{DepartmentId, PurposeCode, RecordType, ResidentId, Role};
+use datarun_store::{
+    ConsentGrant, IngestItem, IngestOutcome, LookupOutcome, MessageSource, RejectionFilter,
+    StoredRecord, Verdict,
+};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use std::borrow::Cow;
+
+/// The skeleton's two migrations, byte for byte as it embedded them.
+#[derive(Debug)]
+struct SkeletonMigrations;
+
+impl<'s> MigrationSource<'s> for SkeletonMigrations {
+    fn resolve(
+        self,
+    ) -> futures_like::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        let migration = |version, description, sql| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        };
+        Box::pin(async move {
+            Ok(vec![
+                migration(
+                    1,
+                    "initial",
+                    include_str!("../../crates/datarun-store/migrations/0001_initial.sql"),
+                ),
+                migration(
+                    2,
+                    "ingest trust",
+                    include_str!("../../crates/datarun-store/migrations/0002_ingest_trust.sql"),
+                ),
+            ])
+        })
+    }
+}
+
+mod futures_like {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+const SUBJECT: &str = "440303201506303948";
+const TOKEN: &str = "drt_skeleton-era-token";
+const PUBLIC_KEY: [u8; 32] = [7; 32];
+
+/// What the skeleton would have stored: a department, a key, a birth certificate, a
+/// caseworker with a token, a purpose and a dead-lettered rejection.
+const SKELETON_ROWS: &[&str] = &[
+    "INSERT INTO departments VALUES ('health', 'Health Commission', 1)",
+    "INSERT INTO signing_keys VALUES ('health-2026', 'health', 'ed25519', \
+     '0707070707070707070707070707070707070707070707070707070707070707', 0, NULL, NULL, 1)",
+    "INSERT INTO purposes VALUES ('household_registration', 'Household registration', 1)",
+    "INSERT INTO records VALUES ('health-r1', 'CERT-1', 'health.birth_certificate', 1, 'health', \
+     '440303201506303948', 1000, 'health-2026', \
+     'abababababababababababababababababababababababababababababababab', 'cdcd', \
+     '{\"child_name\":\"Li Xiaoming\",\"weight_grams\":3250}', 2000)",
+    "INSERT INTO certificates VALUES ('CERT-1', 'health.birth_certificate', 'health', \
+     '440303201506303948', 'health-r1', 1000, 2000)",
+    "INSERT INTO actors VALUES ('caseworker_1', 'caseworker', 'health', NULL, 'Wang', 1)",
+    "INSERT INTO ingest_rejections VALUES ('records.health.birth_certificate', 0, 41, \
+     '0101010101010101010101010101010101010101010101010101010101010101', 'signature_invalid', \
+     'datarun-signature', 'bad', 'health-r9', 'health', 'health.birth_certificate', 1, 3000, 0, 3001, 'intact')",
+];
+
+async fn skeleton_database_migrates(db: Db) {
+    let name = unique("datarun_upgrade");
+    let url = match db {
+        Db::Sqlite => {
+            let dir = std::env::temp_dir().join(&name);
+            std::fs::create_dir_all(&dir).unwrap();
+            format!("sqlite://{}", dir.join("datarun.db").display())
+        }
+        Db::Postgres => {
+            let admin = postgres_admin_url();
+            datarun_store::Store::create_postgres_database(&admin, &name)
+                .await
+                .unwrap();
+            format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+        }
+    };
+    let token_hash = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        TOKEN.as_bytes(),
+    ));
+    let token_row = format!("INSERT INTO tokens VALUES ('{token_hash}', 'caseworker_1', 1, NULL)");
+    let migrator = Migrator::new(SkeletonMigrations).await.unwrap();
+    match db {
+        Db::Sqlite => {
+            let options = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for sql in SKELETON_ROWS.iter().copied().chain([token_row.as_str()]) {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for sql in SKELETON_ROWS.iter().copied().chain([token_row.as_str()]) {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+    }
+
+    let store = datarun_store::Store::connect(&url, vec![5; 32])
+        .await
+        .unwrap();
+    // Keys, tokens and rejections read back in their new types.
+    let key = store.trusted_key("health-2026").await.unwrap().unwrap();
+    assert_eq!(key.public_key, PUBLIC_KEY);
+    let caseworker = store.authenticate(TOKEN).await.unwrap().expect("old token");
+    assert_eq!(caseworker.role, Role::Caseworker);
+    let rejections = store
+        .rejections(&RejectionFilter {
+            limit: 10,
+            ..RejectionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rejections.len(), 1);
+    assert!(rejections[0].verified);
+    assert_eq!(rejections[0].dead_letter_form.as_deref(), Some("intact"));
+    // The stored digest is the same bytes: a redelivery of the old record is a duplicate.
+    let redelivered = IngestItem {
+        source: MessageSource {
+            topic: "records.health.birth_certificate".into(),
+            partition: 0,
+            offset: 40,
+            message_digest: "02".repeat(32),
+        },
+        verdict: Verdict::Accept(StoredRecord {
+            record_id: "health-r1".into(),
+            certificate_id: "CERT-1".into(),
+            record_type: "health.birth_certificate".into(),
+            schema_version: 1,
+            department: "health".into(),
+            subject: SUBJECT.into(),
+            signed_at: 1000,
+            signing_key_id: "health-2026".into(),
+            content_digest: [0xab; 32],
+            signature: vec![0xcd, 0xcd],
+            fields_json: "{}".into(),
+            guardians: Vec::new(),
+        }),
+    };
+    assert_eq!(
+        store.store_batch(&[redelivered]).await.unwrap(),
+        vec![IngestOutcome::Duplicate]
+    );
+    // A consented lookup releases the old record's fields, and is audited on the chain.
+    let subject = ResidentId::parse(SUBJECT).unwrap();
+    let (citizen, _) = store
+        .create_actor(Role::Citizen, None, Some(&subject), "Li")
+        .await
+        .unwrap();
+    let consent = store
+        .grant_consent(
+            &citizen,
+            ConsentGrant {
+                subject: subject.clone(),
+                requester_department: DepartmentId::parse("health").unwrap(),
+                caseworker: None,
+                record_types: vec![RecordType::parse("health.birth_certificate").unwrap()],
+                fields: None,
+                purpose: PurposeCode::parse("household_registration").unwrap(),
+                max_uses: 1,
+                expires_at_millis: datarun_store::now_millis() + 3_600_000,
+            },
+        )
+        .await
+        .unwrap();
+    let outcome = store
+        .lookup(
+            &caseworker,
+            &consent.consent_id,
+            SUBJECT,
+            &RecordType::parse("health.birth_certificate").unwrap(),
+        )
+        .await
+        .unwrap();
+    let LookupOutcome::Allowed { certificates, .. } = outcome else {
+        panic!("lookup refused: {outcome:?}");
+    };
+    assert_eq!(certificates.len(), 1);
+    assert_eq!(certificates[0].fields["child_name"], "Li Xiaoming");
+    assert_eq!(certificates[0].fields["weight_grams"], 3250);
+    assert_eq!(store.verify_audit_chain().await.unwrap(), Ok(2));
+    store.close().await;
+    // A second start finds nothing left to migrate.
+    let again = datarun_store::Store::connect(&url, vec![5; 32])
+        .await
+        .unwrap();
+    assert_eq!(again.record_counts().await.unwrap(), (1, 1));
+    again.close().await;
+    // The tables are the engine's own now.
+    match db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let loose: Vec<(String,)> = sqlx::query_as(
+                "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'
+                 AND strict = 0 AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            assert!(loose.is_empty(), "tables not STRICT: {loose:?}");
+            let wrong = sqlx::query("UPDATE records SET signed_at = 'yesterday'")
+                .execute(&pool)
+                .await;
+            assert!(
+                wrong.is_err(),
+                "a STRICT table refuses text in an INTEGER column"
+            );
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let types: Vec<(String, String)> = sqlx::query_as(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns
+                 WHERE table_name = 'records' AND column_name IN ('content_digest', 'signature', 'fields')
+                 ORDER BY column_name",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let expected = [
+                ("content_digest", "bytea"),
+                ("fields", "jsonb"),
+                ("signature", "bytea"),
+            ];
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(c, t)| (c.to_string(), t.to_string()))
+                .collect();
+            assert_eq!(types, expected);
+        }
+    }
+}
+
+#[tokio::test]
+async fn skeleton_database_migrates_sqlite() {
+    skeleton_database_migrates(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn skeleton_database_migrates_postgres() {
+    skeleton_database_migrates(Db::Postgres).await;
+}
