@@ -20,6 +20,26 @@ async fn full_flow(db: Db, broker: Broker) {
     let report = env.run_connector(&source).await;
     assert!(report.contains("published 0, already done 40"), "{report}");
     assert_eq!(hub.running.store.record_counts().await.unwrap(), (40, 40));
+    // The operator sees what ingest did and where its time went.
+    let metrics = reqwest::get(format!("{}/metrics", hub.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    assert_eq!(
+        value("datarun_ingest_records_total{outcome=\"stored\"}"),
+        40.0
+    );
+    assert!(value("datarun_ingest_batches_total") >= 1.0);
+    assert!(value("datarun_ingest_stage_seconds_total{stage=\"check\"}") > 0.0);
+    assert!(value("datarun_ingest_stage_seconds_total{stage=\"store\"}") > 0.0);
 
     let child = rows[0]["baby_id_no"].clone();
     let mother = rows[0]["mother_id_no"].clone();

@@ -185,6 +185,7 @@ async fn batch_rules(db: Db) {
         .unwrap()
         .contains(&serde_json::json!("record_id")));
     assert!(store.verify_audit_chain().await.unwrap().is_ok());
+    assert_eq!(store.dangling_references().await.unwrap(), 0);
 
     assert!(store
         .is_guardian_of("440104198503125841", "440303201506303948")
@@ -274,6 +275,7 @@ async fn concurrent_versions_never_regress(db: Db) {
         "every version was stored or refused as stale"
     );
     assert!(store.verify_audit_chain().await.unwrap().is_ok());
+    assert_eq!(store.dangling_references().await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -248,6 +248,15 @@ async fn skeleton_database_migrates(db: Db) {
                 .map(|(c, t)| (c.to_string(), t.to_string()))
                 .collect();
             assert_eq!(types, expected);
+            // Without a foreign key there, a guardian of no certificate is found.
+            sqlx::query("INSERT INTO certificate_guardians VALUES ('CERT-GONE', 'g', 's')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let store = datarun_store::Store::connect(&url, vec![5; 32])
+                .await
+                .unwrap();
+            assert_eq!(store.dangling_references().await.unwrap(), 1);
         }
     }
 }

@@ -378,6 +378,11 @@ async fn assert_exactly_once(env: &TestEnv, store: &Store, stored: usize, reject
         store.verify_audit_chain().await.unwrap().is_ok(),
         "the audit chain verifies"
     );
+    assert_eq!(
+        store.dangling_references().await.unwrap(),
+        0,
+        "no certificate or guardian points at nothing"
+    );
     if rejected > 0 {
         // Dead letters are at-least-once: a crash between publishing one and recording
         // that may send it twice, but every rejected message has one.
@@ -764,5 +769,6 @@ async fn two_hubs_one_killed() {
         assert_eq!(signed_at, now);
     }
     assert!(store.verify_audit_chain().await.unwrap().is_ok());
+    assert_eq!(store.dangling_references().await.unwrap(), 0);
     drop((first, second));
 }

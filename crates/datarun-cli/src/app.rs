@@ -63,7 +63,18 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
         config.ingest_settings(),
     );
     let ingest_stats = ingest.stats.clone();
-    let consumer = IngestConsumer::new(&kafka, &config.kafka.group_id, &config.kafka.record_types)?;
+    let instance_id = config.ingest_instance_id();
+    tracing::info!(
+        group = %config.kafka.group_id,
+        static_member = instance_id.as_deref().unwrap_or("-"),
+        "joining the ingest consumer group"
+    );
+    let consumer = IngestConsumer::new(
+        &kafka,
+        &config.kafka.group_id,
+        instance_id.as_deref(),
+        &config.kafka.record_types,
+    )?;
     let positions = consumer.positions();
     let (shutdown, receiver) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -92,6 +103,21 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
             "datarun_ingest_retries_total {}\n",
             stats.retries.load(Ordering::Relaxed)
         ));
+        text.push_str("# TYPE datarun_ingest_batches_total counter\n");
+        text.push_str(&format!(
+            "datarun_ingest_batches_total {}\n",
+            stats.batches.load(Ordering::Relaxed)
+        ));
+        text.push_str("# TYPE datarun_ingest_stage_seconds_total counter\n");
+        for (stage, micros) in [
+            ("check", &stats.check_micros),
+            ("store", &stats.store_micros),
+        ] {
+            text.push_str(&format!(
+                "datarun_ingest_stage_seconds_total{{stage=\"{stage}\"}} {:.6}\n",
+                micros.load(Ordering::Relaxed) as f64 / 1e6
+            ));
+        }
         let (gaps, skipped) = positions.gaps();
         text.push_str("# TYPE datarun_ingest_offset_gaps_total counter\n");
         text.push_str(&format!("datarun_ingest_offset_gaps_total {gaps}\n"));

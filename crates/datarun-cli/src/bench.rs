@@ -49,6 +49,7 @@ pub async fn fresh_hub(
     backend: Backend,
     broker: Broker,
     postgres_admin_url: &str,
+    records: usize,
 ) -> anyhow::Result<BenchHub> {
     let name = format!(
         "datarun_bench_{}_{}",
@@ -87,6 +88,12 @@ pub async fn fresh_hub(
     config.http.listen = "127.0.0.1:0".parse()?;
     config.kafka.topic_prefix = format!("{name}.");
     config.kafka.create_topics = false;
+    if broker == Broker::Mock {
+        // The mock cluster keeps only the last 5 MiB of each partition (rdkafka_mock.c):
+        // spread the records so that none is deleted before the hub reads it.
+        let needed = (records * MOCK_BYTES_PER_RECORD).div_ceil(MOCK_PARTITION_BYTES);
+        config.kafka.partitions = config.kafka.partitions.max(needed as i32);
+    }
     let settings = config.kafka_settings();
     let topics = [
         settings.records_topic("health.birth_certificate"),
@@ -131,8 +138,12 @@ async fn consume_raw(
     count: usize,
 ) -> anyhow::Result<(Vec<IncomingRecord>, Duration, Duration)> {
     let group = format!("{}bench-raw-consume", config.kafka.topic_prefix);
-    let consumer =
-        IngestConsumer::new(&config.kafka_settings(), &group, &config.kafka.record_types)?;
+    let consumer = IngestConsumer::new(
+        &config.kafka_settings(),
+        &group,
+        None,
+        &config.kafka.record_types,
+    )?;
     let started = Instant::now();
     let mut messages = Vec::with_capacity(count);
     let mut first = None;
@@ -147,6 +158,16 @@ async fn consume_raw(
     Ok((messages, first - started, first.elapsed()))
 }
 
+/// What a signed birth certificate takes in the mock cluster, generously (value,
+/// headers and overhead are about 700 bytes).
+const MOCK_BYTES_PER_RECORD: usize = 1024;
+
+/// What the bench lets a mock partition hold: below its 5 MiB limit.
+const MOCK_PARTITION_BYTES: usize = 4 * 1024 * 1024;
+
+/// Records published while the hub is down, for the restart figure.
+const RESTART_RECORDS: usize = 1000;
+
 /// Signs `count` records and publishes them; then, on the same records: consumes them
 /// raw, verifies and decodes them alone on all cores, and ingests them end to end.
 pub async fn ingest(
@@ -156,18 +177,23 @@ pub async fn ingest(
     postgres_admin_url: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<BenchHub> {
-    let hub = fresh_hub(backend, broker, postgres_admin_url).await?;
+    let hub = fresh_hub(backend, broker, postgres_admin_url, count + RESTART_RECORDS).await?;
     let connector = Connector::load(&hub.config.hub.connectors_dir.join("health"))?;
     let key = crate::secrets::read_secret(&hub.dir.join("keys").join("health-2026.pk8"))?;
     let key = datarun_domain::keys::parse_private_key(&key)?;
-    let rows = datarun_connector::sample::birth_certificates(count, 1);
+    let rows = datarun_connector::sample::birth_certificates(count + RESTART_RECORDS, 1);
 
     let started = Instant::now();
-    let records: Vec<_> = rows
+    let mut records: Vec<_> = rows[..count]
         .iter()
         .map(|row| connector.sign_row(row, &key).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
     let signing = started.elapsed();
+    // Published while the hub is down, for the restart measurement.
+    let later: Vec<_> = rows[count..]
+        .iter()
+        .map(|row| connector.sign_row(row, &key).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
     drop(rows);
     if broker == Broker::Mock {
         // librdkafka's mock cluster keeps only the last 5 MiB of each partition
@@ -178,9 +204,9 @@ pub async fn ingest(
             .sum();
         let per_partition = bytes / hub.config.kafka.partitions.max(1) as usize;
         anyhow::ensure!(
-            per_partition < 4 * 1024 * 1024,
-            "{count} records are about {} MiB per partition; the mock cluster keeps 5 MiB \
-             of each: use --broker tansu, or fewer records",
+            per_partition < MOCK_PARTITION_BYTES,
+            "{count} records are about {} MiB per partition, more than the bench's estimate; \
+             the mock cluster keeps 5 MiB of each: use --broker tansu, or fewer records",
             per_partition / (1024 * 1024)
         );
     }
@@ -191,7 +217,7 @@ pub async fn ingest(
         publisher.publish_all(chunk).await?;
     }
     let publishing = started.elapsed();
-    drop((records, publisher));
+    records.clear();
 
     let (messages, raw_join, raw_consuming) = consume_raw(&hub.config, count).await?;
 
@@ -250,12 +276,52 @@ pub async fn ingest(
     let ingesting = started.elapsed();
     let (steady_since, stored_then) = first_stored.unwrap_or((started, 0));
     let steady = steady_since.elapsed();
-    running.stop().await;
-    let (records, _) = hub.store.record_counts().await?;
-    anyhow::ensure!(
-        records as usize == count,
-        "the hub counted {count} stored, the database holds {records}"
+    let stage = |micros: &std::sync::atomic::AtomicU64| {
+        Duration::from_micros(micros.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let (checks_took, stores_took) = (
+        stage(&running.ingest_stats.check_micros),
+        stage(&running.ingest_stats.store_micros),
     );
+    let batches = running
+        .ingest_stats
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    running.stop().await;
+    let (stored, _) = hub.store.record_counts().await?;
+    anyhow::ensure!(
+        stored as usize == count,
+        "the hub counted {count} stored, the database holds {stored}"
+    );
+
+    // A restart: records published while the hub was down, then the same hub (same
+    // data directory, so the same static group member) started again.
+    publisher.publish_all(&later).await?;
+    let started = Instant::now();
+    let running = app::start(&hub.config, hub.store.clone()).await?;
+    let mut resumed = None;
+    loop {
+        let stored = running
+            .ingest_stats
+            .stored
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if stored > 0 && resumed.is_none() {
+            resumed = Some(started.elapsed());
+        }
+        if stored >= later.len() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!(
+                "after a restart, {stored} of {} stored in 2 minutes",
+                later.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restart_all = started.elapsed();
+    running.stop().await;
+    let resumed = resumed.unwrap_or(restart_all);
 
     let per_second = |n: usize, elapsed: Duration| n as f64 / elapsed.as_secs_f64();
     let steady_rate = per_second(count - stored_then as usize, steady);
@@ -312,6 +378,17 @@ pub async fn ingest(
         out,
         "  end to end (steady) / verify + decode          {:>9.2}",
         steady_rate / check_rate
+    )?;
+    writeln!(
+        out,
+        "  pipeline: {batches} batches (~{} records); checks {checks_took:.2?}, store transactions {stores_took:.2?}",
+        count / batches.max(1) as usize
+    )?;
+    writeln!(
+        out,
+        "  restart: first record stored after            {:>7.2} s  ({} records in {restart_all:.2?})",
+        resumed.as_secs_f64(),
+        later.len()
     )?;
     Ok(hub)
 }

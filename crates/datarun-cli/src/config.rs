@@ -58,6 +58,15 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub topic_prefix: String,
     pub group_id: String,
+    /// Static membership in the group (`group.instance.id`, KIP-345): on Apache Kafka a
+    /// restarted or crashed hub gets its partitions back at once, without a rebalance
+    /// or waiting out its predecessor's session. Empty: dynamic membership (the
+    /// default: librdkafka's mock cluster and tansu 0.6 do not implement the fast
+    /// rejoin, and tansu assigns a static member only after about 6 s). `auto`:
+    /// `<group_id>-<host>-<hash of the data directory>`, stable across restarts and
+    /// distinct per hub. Two running hubs must never share one; the broker fences the
+    /// older.
+    pub instance_id: String,
     pub partitions: i32,
     /// Create missing topics at start (off where the cluster's operators own topics).
     pub create_topics: bool,
@@ -90,6 +99,7 @@ listen = "127.0.0.1:8080"
 bootstrap_servers = "127.0.0.1:19092"
 topic_prefix = "datarun."
 group_id = "datarun-ingest"
+instance_id = ""
 partitions = 3
 create_topics = true
 record_types = ["health.birth_certificate"]
@@ -169,6 +179,31 @@ impl Config {
         } else {
             self.database.url.clone()
         }
+    }
+
+    /// This hub's `group.instance.id`, if it is a static member: `kafka.instance_id`,
+    /// or for `auto` one derived from the host and the data directory.
+    pub fn ingest_instance_id(&self) -> Option<String> {
+        match self.kafka.instance_id.as_str() {
+            "" => return None,
+            "auto" => {}
+            explicit => return Some(explicit.to_owned()),
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        let dir =
+            std::fs::canonicalize(&self.hub.data_dir).unwrap_or_else(|_| self.hub.data_dir.clone());
+        let digest =
+            ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
+        Some(format!(
+            "{}-{host}-{}",
+            self.kafka.group_id,
+            hex::encode(&digest.as_ref()[..4])
+        ))
     }
 
     pub fn kafka_settings(&self) -> datarun_kafka::KafkaSettings {
@@ -259,5 +294,27 @@ mod tests {
         let environment = vec![("DATARUN__HTTP__LISTNE".to_owned(), "x".to_owned())];
         let error = Config::load(None, environment.into_iter()).unwrap_err();
         assert!(format!("{error:#}").contains("listne"), "{error:#}");
+    }
+
+    #[test]
+    fn static_membership_is_opt_in_and_auto_is_stable_per_data_directory() {
+        let with = |instance: &str, data_dir: &str| {
+            let environment = vec![
+                (
+                    "DATARUN__KAFKA__INSTANCE_ID".to_owned(),
+                    instance.to_owned(),
+                ),
+                ("DATARUN__HUB__DATA_DIR".to_owned(), data_dir.to_owned()),
+            ];
+            Config::load(None, environment.into_iter())
+                .unwrap()
+                .ingest_instance_id()
+        };
+        assert_eq!(with("", "/srv/hub-a"), None);
+        assert_eq!(with("hub-7", "/srv/hub-a").as_deref(), Some("hub-7"));
+        let auto = with("auto", "/srv/hub-a").unwrap();
+        assert!(auto.starts_with("datarun-ingest-"), "{auto}");
+        assert_eq!(with("auto", "/srv/hub-a").unwrap(), auto);
+        assert_ne!(with("auto", "/srv/hub-b").unwrap(), auto);
     }
 }

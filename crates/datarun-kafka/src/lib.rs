@@ -182,6 +182,19 @@ pub struct IncomingRecord {
     pub record: std::result::Result<SignedRecord, Rejection>,
 }
 
+impl IncomingRecord {
+    /// The message's size as consumed: key, value and headers.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// Consumes records topics in a consumer group. Offsets are stored only by
 /// [`IngestConsumer::acknowledge`] (after the database commit) and committed from there.
 ///
@@ -351,10 +364,22 @@ impl ConsumerContext for IngestContext {
 }
 
 impl IngestConsumer {
-    pub fn new(settings: &KafkaSettings, group_id: &str, record_types: &[String]) -> Result<Self> {
+    /// A consumer in `group_id`; with `instance_id`, a static member of it (KIP-345):
+    /// the broker keeps its partitions for it while it restarts (up to the session
+    /// timeout), and hands them back at once when it rejoins, with no rebalance of the
+    /// group and no wait for a crashed predecessor's session to expire.
+    pub fn new(
+        settings: &KafkaSettings,
+        group_id: &str,
+        instance_id: Option<&str>,
+        record_types: &[String],
+    ) -> Result<Self> {
         let positions = Arc::new(Positions::default());
-        let consumer: StreamConsumer<IngestContext> = settings
-            .client_config()
+        let mut config = settings.client_config();
+        if let Some(instance_id) = instance_id {
+            config.set("group.instance.id", instance_id);
+        }
+        let consumer: StreamConsumer<IngestContext> = config
             .set("group.id", group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "500")

@@ -119,14 +119,6 @@ fn placeholders(rows: usize, columns: usize) -> String {
     sql
 }
 
-/// The PostgreSQL advisory-lock key of a certificate: its SHA-256's first 8 bytes.
-fn certificate_lock_key(certificate_id: &str) -> i64 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, certificate_id.as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest.as_ref()[..8]);
-    i64::from_be_bytes(bytes)
-}
-
 /// A rejection recorded by an earlier attempt.
 struct RecordedRejection {
     rejection: Rejection,
@@ -156,9 +148,10 @@ impl Store {
     /// each certificate becomes current (`versions::decide`; records later in the batch
     /// see earlier ones). Rejected messages are recorded and audited once: a message
     /// already recorded by an earlier attempt keeps that decision and is not audited
-    /// again. On PostgreSQL the batch's certificates are locked first (advisory locks,
-    /// in key order), so hub instances writing versions of one certificate at once
-    /// never let an older version win.
+    /// again. On PostgreSQL the batch's stored certificates are read `FOR UPDATE`, in
+    /// id order, so hub instances deciding on versions of one certificate at once
+    /// decide one after the other; for a certificate not stored yet, the upsert's guard
+    /// keeps the newest version current whichever hub commits first.
     pub async fn store_batch(&self, items: &[IngestItem]) -> Result<Vec<IngestOutcome>> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -171,20 +164,6 @@ impl Store {
                 Verdict::Reject(_) => None,
             })
             .collect();
-        if let WriteTransaction::Postgres(transaction) = &mut tx {
-            let mut keys: Vec<i64> = accepted
-                .iter()
-                .map(|r| certificate_lock_key(&r.certificate_id))
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(k) FROM (SELECT k FROM UNNEST($1::int8[]) AS u(k) ORDER BY k) AS s",
-            )
-            .bind(&keys[..])
-            .execute(&mut **transaction)
-            .await?;
-        }
         let recorded = self.recorded_rejections(&mut tx, items).await?;
         // What is stored already, for every record id and certificate the batch names.
         let mut record_ids: Vec<&str> = accepted.iter().map(|r| r.record_id.as_str()).collect();
@@ -546,6 +525,24 @@ impl Store {
         })
     }
 
+    /// Rows that point at nothing: certificates whose current record is not stored and
+    /// guardians of certificates that are not stored. Always 0; PostgreSQL does not
+    /// enforce these two references with foreign keys (migration 0003 says why).
+    pub async fn dangling_references(&self) -> Result<i64> {
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM certificates c
+                         WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.record_id = c.current_record_id))
+                      + (SELECT COUNT(*) FROM certificate_guardians g
+                         WHERE NOT EXISTS (SELECT 1 FROM certificates c WHERE c.certificate_id = g.certificate_id))
+                      AS n",
+            )
+            .fetch_one(pool)
+            .await?;
+            integer(&row, "n")
+        })
+    }
+
     /// True when `guardian` is named as a guardian on a stored certificate of `subject`.
     pub async fn is_guardian_of(&self, guardian: &str, subject: &str) -> Result<bool> {
         on_pool!(self, |pool| {
@@ -634,7 +631,8 @@ async fn stored_versions(
                 digests.insert(text(&row, "record_id")?, row.bytes("content_digest")?);
             }
             let rows = sqlx::query(
-                "SELECT certificate_id, department_id, signed_at FROM certificates WHERE certificate_id = ANY($1)",
+                "SELECT certificate_id, department_id, signed_at FROM certificates WHERE certificate_id = ANY($1)
+                 ORDER BY certificate_id FOR UPDATE",
             )
             .bind(certificate_ids)
             .fetch_all(&mut **transaction)

@@ -1,7 +1,10 @@
 -- Issue 6, SQLite: every table rebuilt as a STRICT table, so a value of the wrong
 -- type is an error instead of being stored as whatever it was. Digests, signatures,
 -- keys and token hashes become BLOBs (half the size of hex, compared as bytes); a
--- record's fields are JSON text in `fields`. Existing rows are copied over.
+-- record's fields are JSON text in `fields`. Small rows keyed by an id the
+-- publisher chose (certificates, guardians) are WITHOUT ROWID tables: the key is the
+-- table, so an insert at a random key updates one B-tree instead of a table and an
+-- index. Existing rows are copied over.
 -- The hub runs this migration on a connection with foreign keys off (SQLite's own
 -- procedure for rebuilding tables), inside the migration's transaction, and checks
 -- the foreign keys before it commits.
@@ -78,7 +81,7 @@ CREATE TABLE new_certificates (
     current_record_id TEXT NOT NULL REFERENCES records (record_id),
     signed_at         INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL
-) STRICT;
+) STRICT, WITHOUT ROWID;
 INSERT INTO new_certificates
 SELECT certificate_id, record_type, department_id, subject_id, current_record_id, signed_at, updated_at
 FROM certificates;
@@ -88,7 +91,7 @@ CREATE TABLE new_certificate_guardians (
     guardian_id    TEXT NOT NULL,
     subject_id     TEXT NOT NULL,
     PRIMARY KEY (certificate_id, guardian_id)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 INSERT INTO new_certificate_guardians SELECT certificate_id, guardian_id, subject_id FROM certificate_guardians;
 
 CREATE TABLE new_actors (
