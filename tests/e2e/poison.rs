@@ -61,7 +61,7 @@ async fn poison_then_genuine(db: Db) {
     let key =
         datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
             .unwrap();
-    let rows = datarun_connector::sample::birth_certificates(12, 77);
+    let rows = datarun_connector::sample::birth_certificates(24, 77);
     let signed = |index: usize, record_id: &str| {
         let record = connector.sign_row(&rows[index], &key).unwrap();
         let mut envelope = record.envelope;
@@ -136,6 +136,15 @@ async fn poison_then_genuine(db: Db) {
             &envelope_headers(&record),
         ));
         expected.push(("signature_invalid", "intact"));
+        // 7. A correctly signed record, valid Avro, with a NUL character in a name:
+        //    PostgreSQL can store it in no text or jsonb column.
+        let mut row = rows[12 + p].clone();
+        row.insert("baby_name".into(), "王\0明".into());
+        let record = connector.sign_row(&row, &key).unwrap();
+        let mut envelope = record.envelope;
+        envelope.record_id = RecordId::parse(&format!("health-nul-{partition}")).unwrap();
+        messages.push(genuine(&envelope.sign(record.payload, &key), partition));
+        expected.push(("schema_invalid", "intact"));
         // Then a genuine record on the same partition.
         let record = signed(p * 6 + 5, &format!("health-genuine-{partition}"));
         genuine_ids.push((

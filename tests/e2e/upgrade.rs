@@ -17,9 +17,7 @@ use std::borrow::Cow;
 struct SkeletonMigrations;
 
 impl<'s> MigrationSource<'s> for SkeletonMigrations {
-    fn resolve(
-        self,
-    ) -> futures_like::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         let migration = |version, description, sql| {
             Migration::new(
                 version,
@@ -46,9 +44,7 @@ impl<'s> MigrationSource<'s> for SkeletonMigrations {
     }
 }
 
-mod futures_like {
-    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-}
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 const SUBJECT: &str = "440303201506303948";
 const TOKEN: &str = "drt_skeleton-era-token";

@@ -287,6 +287,15 @@ impl RecordSchema {
         let mut guardians = Vec::new();
         for (spec, (_, value)) in self.fields.iter().zip(values) {
             let json = to_json(value);
+            if holds_nul(&json) {
+                // Valid Avro, but no certificate text holds one, and PostgreSQL can store
+                // it neither in text nor in jsonb: stored, it would fail its whole batch.
+                return Err(Rejection::at(
+                    RejectReason::SchemaInvalid,
+                    &spec.name,
+                    "text contains the character U+0000 (NUL)",
+                ));
+            }
             if let Some(kind) = spec.identifier {
                 if let Some(text) = json.as_str() {
                     let parsed = match kind {
@@ -390,6 +399,16 @@ fn to_avro(kind: &FieldKind, text: &str) -> std::result::Result<Value, String> {
             Value::Enum(index as u32, text.to_owned())
         }
     })
+}
+
+/// Whether any text in `json` holds U+0000.
+fn holds_nul(json: &Json) -> bool {
+    match json {
+        Json::String(text) => text.contains('\0'),
+        Json::Array(items) => items.iter().any(holds_nul),
+        Json::Object(fields) => fields.values().any(holds_nul),
+        Json::Null | Json::Bool(_) | Json::Number(_) => false,
+    }
 }
 
 fn to_json(value: Value) -> Json {
@@ -509,6 +528,11 @@ mod tests {
             ("issue_date", "2031-01-01"),
             RejectReason::SchemaInvalid,
             Some("issue_date"),
+        );
+        check(
+            ("father_name", "王\0明"),
+            RejectReason::SchemaInvalid,
+            Some("father_name"),
         );
     }
 
