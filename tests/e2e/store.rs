@@ -287,3 +287,60 @@ async fn concurrent_versions_never_regress_sqlite() {
 async fn concurrent_versions_never_regress_postgres() {
     concurrent_versions_never_regress(Db::Postgres).await;
 }
+
+/// A running hub copies SQLite's write-ahead log into the database file in the
+/// background, without a commit to trigger it: a copy of the database file alone, taken
+/// after a checkpoint and without the log, holds every stored record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_checkpoints_copy_the_log_into_the_database_sqlite() {
+    let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
+    let store = datarun_cli::app::open_store(&env.config).await.unwrap();
+    let batch: Vec<IngestItem> = (0..500)
+        .map(|i| {
+            record(
+                i,
+                &format!("health-c{i}"),
+                &format!("CERT-C{i}"),
+                "health",
+                100,
+                &format!("d-c{i}"),
+            )
+        })
+        .collect();
+    let outcomes = store.store_batch(&batch).await.unwrap();
+    assert!(codes(&outcomes).iter().all(|code| *code == "stored"));
+    let url = env.config.database_url();
+    let path = std::path::PathBuf::from(url.trim_start_matches("sqlite://"));
+    let key = env.config.pseudonym_key().unwrap();
+    let copy_holds = |copy: std::path::PathBuf| {
+        let (path, key) = (path.clone(), key.clone());
+        async move {
+            std::fs::copy(&path, &copy).unwrap();
+            let copied =
+                datarun_store::Store::connect(&format!("sqlite://{}", copy.display()), key)
+                    .await
+                    .unwrap();
+            let (records, _) = copied.record_counts().await.unwrap();
+            copied.close().await;
+            records
+        }
+    };
+    // Below SQLite's own automatic checkpoint: the records are only in the log.
+    assert_eq!(copy_holds(env.dir.join("before.db")).await, 0);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let checkpoints = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .run_checkpoints(std::time::Duration::from_millis(20), async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.send(()).unwrap();
+    checkpoints.await.unwrap();
+    assert_eq!(copy_holds(env.dir.join("after.db")).await, 500);
+}

@@ -81,6 +81,13 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(
         ingest.run(consumer, shutdown_signal(&receiver)),
     ));
+    let checkpoints = store.clone();
+    let checkpoints_shutdown = shutdown_signal(&receiver);
+    tasks.push(tokio::spawn(async move {
+        checkpoints
+            .run_checkpoints(datarun_store::CHECKPOINT_EVERY, checkpoints_shutdown)
+            .await;
+    }));
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;

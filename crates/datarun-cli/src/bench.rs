@@ -413,6 +413,19 @@ pub async fn lookups(
     )
     .await?;
     let store = hub.store.clone();
+    // As a running hub does: SQLite's log is checkpointed in the background
+    // while the consents are granted and the lookups run.
+    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::oneshot::channel::<()>();
+    let checkpoints = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run_checkpoints(datarun_store::CHECKPOINT_EVERY, async {
+                    let _ = checkpoints_stopped.await;
+                })
+                .await;
+        })
+    };
     let rows = datarun_connector::sample::birth_certificates(certificates, 1);
     let department = datarun_domain::DepartmentId::parse("public_security")?;
     let (caseworker, _) = store
@@ -476,6 +489,8 @@ pub async fn lookups(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
+    let _ = stop_checkpoints.send(());
+    checkpoints.await?;
     latencies.sort();
     let percentile =
         |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
