@@ -5,6 +5,8 @@
 //! It decodes a payload and checks every rule the schema states, so a payload that
 //! merely parses is not enough to be stored.
 
+pub mod compat;
+
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use datarun_domain::date::CivilDate;
