@@ -4,7 +4,8 @@
 use crate::harness::{Broker, Db, TestEnv};
 use serde_json::json;
 
-/// Three citizens each grant a consent for themselves: three audit events.
+/// Three citizens each grant a consent for themselves: three audit events, after the
+/// schema registration `datarun up` audited.
 async fn env_with_three_events() -> TestEnv {
     let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
     let hub = env.start().await;
@@ -23,7 +24,8 @@ async fn env_with_three_events() -> TestEnv {
     }
     hub.running.stop().await;
     let (code, out) = env.cli(&["audit", "verify"]).await;
-    assert_eq!((code, out.trim()), (0, "audit log intact: 3 events"));
+    // `datarun up`'s registration of the birth certificate schema is event 1.
+    assert_eq!((code, out.trim()), (0, "audit log intact: 4 events"));
     env
 }
 
@@ -58,7 +60,7 @@ async fn altering_one_audit_row_is_detected_and_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_audit_rows_is_detected() {
     let env = env_with_three_events().await;
-    sqlite(&env, "DELETE FROM audit_events WHERE seq = 3");
+    sqlite(&env, "DELETE FROM audit_events WHERE seq = 4");
     let (code, out) = env.cli(&["audit", "verify"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("events deleted at the end"), "{out}");

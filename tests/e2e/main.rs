@@ -4,6 +4,7 @@ mod connector;
 mod flow;
 mod harness;
 mod poison;
+mod registry;
 mod rejections;
 mod store;
 mod upgrade;

@@ -57,6 +57,8 @@ const SKELETON_ROWS: &[&str] = &[
     "INSERT INTO signing_keys VALUES ('health-2026', 'health', 'ed25519', \
      '0707070707070707070707070707070707070707070707070707070707070707', 0, NULL, NULL, 1)",
     "INSERT INTO purposes VALUES ('household_registration', 'Household registration', 1)",
+    "INSERT INTO record_schemas VALUES ('health.birth_certificate', 1, \
+     '{\"type\": \"record\", \"name\": \"BirthCertificate\", \"fields\": []}', 1)",
     "INSERT INTO records VALUES ('health-r1', 'CERT-1', 'health.birth_certificate', 1, 'health', \
      '440303201506303948', 1000, 'health-2026', \
      'abababababababababababababababababababababababababababababababab', 'cdcd', \
@@ -117,6 +119,30 @@ async fn skeleton_database_migrates(db: Db) {
     let store = datarun_store::Store::connect(&url, vec![5; 32])
         .await
         .unwrap();
+    // Schema versions from before the registry get their global ids, once.
+    assert_eq!(
+        store
+            .assign_schema_ids(datarun_schema::fingerprint)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .assign_schema_ids(datarun_schema::fingerprint)
+            .await
+            .unwrap(),
+        0
+    );
+    let versions = store
+        .schema_versions("health.birth_certificate", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (versions.len(), versions[0].version, versions[0].schema_id),
+        (1, 1, 1)
+    );
+    assert!(store.schema_by_id(1).await.unwrap().is_some());
     // Keys, tokens and rejections read back in their new types.
     let key = store.trusted_key("health-2026").await.unwrap().unwrap();
     assert_eq!(key.public_key, PUBLIC_KEY);

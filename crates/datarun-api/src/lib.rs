@@ -3,6 +3,7 @@
 //! consents; a citizen sees only their own data). One error type decides status and body.
 
 mod error;
+pub mod registry;
 mod routes;
 
 pub use error::ApiError;
@@ -19,6 +20,9 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct ApiState {
     pub store: Store,
     pub metrics: MetricsRenderer,
+    /// The records topics' common prefix (`<topic prefix>records.`): a record type's
+    /// registry subject is its topic's name and `-value`.
+    pub records_topic_prefix: String,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -40,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit/verify", get(routes::audit_verify))
         .route("/v1/me/access-log", get(routes::my_access_log))
         .route("/v1/operator/rejections", get(routes::rejections))
+        .merge(registry::router())
         .with_state(state)
 }
 

@@ -21,27 +21,30 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let unauthenticated = |message: &str| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                message.to_owned(),
-            )
-        };
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthenticated("the Authorization header must be Bearer <token>"))?;
-        let actor = state.store.authenticate(token.trim()).await?;
-        actor
-            .map(Caller)
-            .ok_or_else(|| unauthenticated("unknown or revoked token"))
+        authenticate(parts, state).await.map(Caller)
     }
+}
+
+/// The actor whose token `Authorization: Bearer <token>` carries.
+pub(crate) async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Actor, ApiError> {
+    let unauthenticated = |message: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            message.to_owned(),
+        )
+    };
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthenticated("the Authorization header must be Bearer <token>"))?;
+    let actor = state.store.authenticate(token.trim()).await?;
+    actor.ok_or_else(|| unauthenticated("unknown or revoked token"))
 }
 
 fn require(caller: &Actor, role: Role) -> Result<(), ApiError> {

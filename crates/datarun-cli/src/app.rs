@@ -37,9 +37,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&config.hub.data_dir)
             .with_context(|| format!("creating {}", config.hub.data_dir.display()))?;
     }
-    Store::connect(&config.database_url(), config.pseudonym_key()?)
+    let store = Store::connect(&config.database_url(), config.pseudonym_key()?)
         .await
-        .context("opening the database")
+        .context("opening the database")?;
+    let assigned = store
+        .assign_schema_ids(datarun_schema::fingerprint)
+        .await
+        .context("giving registered schemas their registry ids")?;
+    if assigned > 0 {
+        tracing::info!(versions = assigned, "schema versions given registry ids");
+    }
+    Ok(store)
 }
 
 /// Starts ingest and the HTTP API on an already-open store.
@@ -135,6 +143,7 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
     let state = ApiState {
         store: store.clone(),
         metrics,
+        records_topic_prefix: kafka.records_topic(""),
     };
     let http_shutdown = shutdown_signal(&receiver);
     tasks.push(tokio::spawn(async move {

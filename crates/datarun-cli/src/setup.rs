@@ -110,11 +110,38 @@ pub async fn register_schema_file(store: &Store, path: &Path) -> anyhow::Result<
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     datarun_schema::RecordSchema::parse(record_type.clone(), version, &definition)
         .with_context(|| format!("{}", path.display()))?;
-    store
-        .register_schema(&record_type, version, &definition)
-        .await?;
+    // A file names its version: refuse before registering if the registry would number
+    // it otherwise (a gap, or a version taken by another schema).
+    let registered = store.schema_versions(record_type.as_str(), true).await?;
+    let print = datarun_schema::fingerprint(&definition);
+    let already = registered.iter().any(|v| {
+        !v.deleted && v.version == version && datarun_schema::fingerprint(&v.definition) == print
+    });
+    let next = registered.last().map_or(1, |v| v.version + 1);
+    anyhow::ensure!(
+        already || next == version,
+        "{} is version {version} of {record_type}, but the registry's next version is {next}",
+        path.display()
+    );
+    // The same path as the registry's REST API: compatibility, ids, audit.
+    let registration =
+        datarun_api::registry::register(store, OPERATOR_CLI, &record_type, &definition)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {} ({})", path.display(), e.message, e.error_code))?;
+    let assigned = match registration {
+        datarun_store::Registration::Added { version, .. }
+        | datarun_store::Registration::Existing { version, .. } => version,
+    };
+    anyhow::ensure!(
+        assigned == version,
+        "{} is version {version}, but the registry holds it as version {assigned} of {record_type}",
+        path.display()
+    );
     Ok((record_type, version))
 }
+
+/// The actor the command line's registry changes are audited as.
+pub const OPERATOR_CLI: &str = "operator-cli";
 
 /// Every `.avsc` under `schemas_dir`.
 pub fn schema_files(schemas_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -221,6 +221,25 @@ pub fn check(mode: Compatibility, candidate: &Schema, existing: &[(u32, &Schema)
     refusals
 }
 
+/// [`check`] on schema texts: `candidate` against `existing` (version, definition),
+/// oldest first.
+pub fn check_definitions(
+    mode: Compatibility,
+    candidate: &str,
+    existing: &[(u32, &str)],
+) -> crate::Result<Vec<Refusal>> {
+    let parse = |definition: &str| {
+        Schema::parse_str(definition).map_err(|e| crate::SchemaError::Avro(e.to_string()))
+    };
+    let candidate = parse(candidate)?;
+    let existing = existing
+        .iter()
+        .map(|(version, definition)| Ok((*version, parse(definition)?)))
+        .collect::<crate::Result<Vec<_>>>()?;
+    let refs: Vec<(u32, &Schema)> = existing.iter().map(|(v, s)| (*v, s)).collect();
+    Ok(check(mode, &candidate, &refs))
+}
+
 /// Why `reader` cannot read every datum written with `writer`; empty when it can.
 pub fn can_read(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
     let mut resolver = Resolver {

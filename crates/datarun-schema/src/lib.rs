@@ -35,6 +35,24 @@ pub type Result<T, E = SchemaError> = std::result::Result<T, E>;
 /// The largest payload the broker decodes (bytes): the bound every message is held to.
 pub const MAX_PAYLOAD_BYTES: usize = datarun_domain::limits::MAX_VALUE_BYTES;
 
+/// The largest schema definition the registry accepts (bytes).
+pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+
+/// What identifies a schema in the registry: the SHA-256 of its JSON without
+/// insignificant whitespace, so the same schema sent with other formatting gets the same
+/// id, while any difference in fields, order, defaults or datarun's annotations (which
+/// Avro's parsing canonical form would drop) makes another schema. Text that is not JSON
+/// (never registered: registration parses first) is hashed as it is.
+pub fn fingerprint(definition: &str) -> [u8; 32] {
+    let normalized = serde_json::from_str::<Json>(definition)
+        .map(|json| json.to_string())
+        .unwrap_or_else(|_| definition.to_owned());
+    let digest = ring::digest::digest(&ring::digest::SHA256, normalized.as_bytes());
+    let mut print = [0u8; 32];
+    print.copy_from_slice(digest.as_ref());
+    print
+}
+
 /// Which identifier parser a string field must pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentifierKind {

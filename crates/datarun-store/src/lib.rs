@@ -17,6 +17,7 @@ pub mod faults;
 mod records;
 mod registry;
 mod rejections;
+mod schemas;
 mod settings;
 
 pub use actors::Actor;
@@ -27,6 +28,7 @@ pub use records::{
 };
 pub use registry::TrustedKey;
 pub use rejections::{RejectionEntry, RejectionFilter};
+pub use schemas::{Deletion, Registration, SchemaVersion};
 pub use settings::PSEUDONYM_KEY_MIN_BYTES;
 
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -112,6 +114,18 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 false,
             )
         };
+        let registry = match self.0 {
+            Backend::Sqlite => migration(
+                5,
+                "schema registry",
+                include_str!("../migrations/sqlite/0005_schema_registry.sql"),
+            ),
+            Backend::Postgres => migration(
+                5,
+                "schema registry",
+                include_str!("../migrations/postgres/0005_schema_registry.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -138,6 +152,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                     "unread index",
                     include_str!("../migrations/0004_unread_index.sql"),
                 ),
+                registry,
             ])
         })
     }

@@ -182,39 +182,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Registers a schema version; registering the identical definition again is a no-op,
-    /// a different definition under an existing version is refused.
-    pub async fn register_schema(
-        &self,
-        record_type: &RecordType,
-        version: u32,
-        definition: &str,
-    ) -> Result<()> {
-        if let Some(existing) = self
-            .schema_definition(record_type.as_str(), version)
-            .await?
-        {
-            if existing == definition {
-                return Ok(());
-            }
-            return Err(StoreError::Conflict(format!(
-                "{record_type} version {version} is already registered with a different definition; register a new version"
-            )));
-        }
-        on_pool!(self, |pool| {
-            sqlx::query(
-            "INSERT INTO record_schemas (record_type, schema_version, definition, registered_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(record_type.as_str())
-        .bind(i64::from(version))
-        .bind(definition)
-        .bind(now_millis())
-        .execute(pool)
-        .await?;
-        });
-        Ok(())
-    }
-
     pub async fn schema_definition(
         &self,
         record_type: &str,

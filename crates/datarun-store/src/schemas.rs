@@ -1,0 +1,482 @@
+//! The schema registry's storage: global schema ids (one per distinct schema, whatever
+//! record types register it), each record type's versions pointing at them, soft
+//! deletion, and the compatibility configuration. Deciding whether a schema is valid or
+//! compatible is the caller's (`datarun_schema`); this module runs that decision inside
+//! the registering transaction, so two registrations cannot both pass against the same
+//! latest version.
+
+use crate::audit::{insert_event, lock_head, set_head, NewAuditEvent};
+use crate::{
+    integer, now_millis, on_pool, on_tx, optional_integer, text, Result, RowExt, Store,
+    WriteTransaction,
+};
+
+/// Appends one registry change to the audit chain, in the change's transaction.
+async fn audit_change(
+    tx: &mut WriteTransaction,
+    actor: &str,
+    kind: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let (seq, hash) = lock_head(tx).await?;
+    let event = NewAuditEvent {
+        kind: kind.into(),
+        actor: actor.into(),
+        outcome: "done".into(),
+        detail,
+        ..NewAuditEvent::default()
+    };
+    let audited = insert_event(tx, seq + 1, &hash, event).await?;
+    set_head(tx, audited.seq, &audited.hash).await
+}
+
+/// One version of a record type's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaVersion {
+    pub record_type: String,
+    pub version: u32,
+    pub schema_id: i64,
+    pub definition: String,
+    pub deleted: bool,
+}
+
+/// What registering a schema under a record type did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// A new version; `new_schema` when the schema itself was new to the registry.
+    Added {
+        version: u32,
+        schema_id: i64,
+        new_schema: bool,
+    },
+    /// The record type already has this schema as a (live) version: nothing changed.
+    Existing { version: u32, schema_id: i64 },
+}
+
+/// What deleting a version did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    NotFound,
+    /// Stored records were written with it; it stays.
+    InUse {
+        records: i64,
+    },
+}
+
+impl Store {
+    /// Registers `definition` (whose fingerprint the caller computed) as the record
+    /// type's next version, unless it is already a live version of it. `admit` sees the
+    /// live versions, oldest first, inside the transaction, and refuses by returning
+    /// `Err`. `expected_version`, when given, must be the version assigned (a schema
+    /// file names its version).
+    pub async fn register_schema_version<E>(
+        &self,
+        actor: &str,
+        record_type: &str,
+        definition: &str,
+        fingerprint: [u8; 32],
+        admit: impl FnOnce(&[SchemaVersion]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<Registration, E>> {
+        let mut tx = self.begin_write().await?;
+        // Ids and versions are assigned as max + 1: one registration at a time (SQLite's
+        // writer lock already serialises them).
+        if let crate::WriteTransaction::Postgres(transaction) = &mut tx {
+            sqlx::query("LOCK TABLE registry_schemas IN EXCLUSIVE MODE")
+                .execute(&mut **transaction)
+                .await?;
+        }
+        let versions = on_tx!(&mut tx, |conn| {
+            let rows = sqlx::query(
+                "SELECT v.record_type, v.schema_version, v.schema_id, v.deleted_at, s.definition, s.fingerprint
+                 FROM record_schemas v JOIN registry_schemas s ON s.schema_id = v.schema_id
+                 WHERE v.record_type = $1 ORDER BY v.schema_version",
+            )
+            .bind(record_type)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        SchemaVersion {
+                            record_type: text(row, "record_type")?,
+                            version: integer(row, "schema_version")? as u32,
+                            schema_id: integer(row, "schema_id")?,
+                            definition: text(row, "definition")?,
+                            deleted: optional_integer(row, "deleted_at")?.is_some(),
+                        },
+                        row.bytes("fingerprint")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        });
+        if let Some((existing, _)) = versions
+            .iter()
+            .find(|(v, print)| !v.deleted && print[..] == fingerprint[..])
+        {
+            return Ok(Ok(Registration::Existing {
+                version: existing.version,
+                schema_id: existing.schema_id,
+            }));
+        }
+        let live: Vec<SchemaVersion> = versions
+            .iter()
+            .filter(|(v, _)| !v.deleted)
+            .map(|(v, _)| v.clone())
+            .collect();
+        if let Err(refusal) = admit(&live) {
+            return Ok(Err(refusal));
+        }
+        let version = versions.last().map_or(1, |(v, _)| v.version + 1);
+        let now = now_millis();
+        let (schema_id, new_schema) = on_tx!(&mut tx, |conn| {
+            let known =
+                sqlx::query("SELECT schema_id FROM registry_schemas WHERE fingerprint = $1")
+                    .bind(&fingerprint[..])
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            match known {
+                Some(row) => (integer(&row, "schema_id")?, false),
+                None => {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(MAX(schema_id), 0) + 1 AS next FROM registry_schemas",
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let id = integer(&row, "next")?;
+                    sqlx::query(
+                        "INSERT INTO registry_schemas (schema_id, fingerprint, definition, registered_at)
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(id)
+                    .bind(&fingerprint[..])
+                    .bind(definition)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    (id, true)
+                }
+            }
+        });
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(
+                "INSERT INTO record_schemas (record_type, schema_version, definition, registered_at, schema_id)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(record_type)
+            .bind(i64::from(version))
+            .bind(definition)
+            .bind(now)
+            .bind(schema_id)
+            .execute(&mut *conn)
+            .await?;
+        });
+        audit_change(
+            &mut tx,
+            actor,
+            "schema_registered",
+            serde_json::json!({
+                "record_type": record_type, "version": version, "schema_id": schema_id,
+                "new_schema": new_schema,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(Registration::Added {
+            version,
+            schema_id,
+            new_schema,
+        }))
+    }
+
+    /// A record type's versions, oldest first; soft-deleted ones only when asked.
+    pub async fn schema_versions(
+        &self,
+        record_type: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<SchemaVersion>> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT v.record_type, v.schema_version, v.schema_id, v.deleted_at, s.definition
+                 FROM record_schemas v JOIN registry_schemas s ON s.schema_id = v.schema_id
+                 WHERE v.record_type = $1 AND ($2 OR v.deleted_at IS NULL)
+                 ORDER BY v.schema_version",
+            )
+            .bind(record_type)
+            .bind(include_deleted)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(schema_version).collect()
+        })
+    }
+
+    /// Record types with at least one version (live, or any when asked), sorted.
+    pub async fn schema_record_types(&self, include_deleted: bool) -> Result<Vec<String>> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT DISTINCT record_type FROM record_schemas
+                 WHERE $1 OR deleted_at IS NULL ORDER BY record_type",
+            )
+            .bind(include_deleted)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| text(row, "record_type")).collect()
+        })
+    }
+
+    /// A schema by its global id (deleted versions do not hide it: records written with
+    /// it must stay readable).
+    pub async fn schema_by_id(&self, schema_id: i64) -> Result<Option<String>> {
+        on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT definition FROM registry_schemas WHERE schema_id = $1")
+                .bind(schema_id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|row| text(&row, "definition")).transpose()
+        })
+    }
+
+    /// Every (record type, version) registered with the schema `schema_id`.
+    pub async fn versions_of_schema(
+        &self,
+        schema_id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<SchemaVersion>> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT v.record_type, v.schema_version, v.schema_id, v.deleted_at, s.definition
+                 FROM record_schemas v JOIN registry_schemas s ON s.schema_id = v.schema_id
+                 WHERE v.schema_id = $1 AND ($2 OR v.deleted_at IS NULL)
+                 ORDER BY v.record_type, v.schema_version",
+            )
+            .bind(schema_id)
+            .bind(include_deleted)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(schema_version).collect()
+        })
+    }
+
+    /// Soft-deletes a version, unless stored records were written with it. (Finding
+    /// none scans the records of the type: deletion is a rare operator action.)
+    pub async fn delete_schema_version(
+        &self,
+        actor: &str,
+        record_type: &str,
+        version: u32,
+    ) -> Result<Deletion> {
+        let mut tx = self.begin_write().await?;
+        let outcome = on_tx!(&mut tx, |conn| {
+            let live = sqlx::query(
+                "SELECT COUNT(*) AS n FROM record_schemas
+                 WHERE record_type = $1 AND schema_version = $2 AND deleted_at IS NULL",
+            )
+            .bind(record_type)
+            .bind(i64::from(version))
+            .fetch_one(&mut *conn)
+            .await?;
+            if integer(&live, "n")? == 0 {
+                Deletion::NotFound
+            } else {
+                let used = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM records WHERE record_type = $1 AND schema_version = $2",
+                )
+                .bind(record_type)
+                .bind(i64::from(version))
+                .fetch_one(&mut *conn)
+                .await?;
+                let records = integer(&used, "n")?;
+                if records > 0 {
+                    Deletion::InUse { records }
+                } else {
+                    sqlx::query(
+                        "UPDATE record_schemas SET deleted_at = $1 WHERE record_type = $2 AND schema_version = $3",
+                    )
+                    .bind(now_millis())
+                    .bind(record_type)
+                    .bind(i64::from(version))
+                    .execute(&mut *conn)
+                    .await?;
+                    Deletion::Deleted
+                }
+            }
+        });
+        if outcome == Deletion::Deleted {
+            audit_change(
+                &mut tx,
+                actor,
+                "schema_deleted",
+                serde_json::json!({ "record_type": record_type, "version": version }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// How many stored records name `version` of `record_type` as their writer's schema
+    /// (a scan of the type's records: asked only before a deletion).
+    pub async fn records_written_with(&self, record_type: &str, version: u32) -> Result<i64> {
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM records WHERE record_type = $1 AND schema_version = $2",
+            )
+            .bind(record_type)
+            .bind(i64::from(version))
+            .fetch_one(pool)
+            .await?;
+            integer(&row, "n")
+        })
+    }
+
+    /// The compatibility mode set for `record_type`, or globally for `None`.
+    pub async fn compatibility(&self, record_type: Option<&str>) -> Result<Option<String>> {
+        on_pool!(self, |pool| {
+            let row =
+                sqlx::query("SELECT compatibility FROM registry_config WHERE record_type = $1")
+                    .bind(record_type.unwrap_or(""))
+                    .fetch_optional(pool)
+                    .await?;
+            row.map(|row| text(&row, "compatibility")).transpose()
+        })
+    }
+
+    /// Sets the compatibility mode (a name the caller validated) of `record_type`, or
+    /// globally for `None`.
+    pub async fn set_compatibility(
+        &self,
+        actor: &str,
+        record_type: Option<&str>,
+        mode: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(
+                "INSERT INTO registry_config (record_type, compatibility, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (record_type) DO UPDATE SET compatibility = excluded.compatibility,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(record_type.unwrap_or(""))
+            .bind(mode)
+            .bind(now_millis())
+            .execute(&mut *conn)
+            .await?;
+        });
+        audit_change(
+            &mut tx,
+            actor,
+            "schema_compatibility_set",
+            serde_json::json!({ "record_type": record_type, "compatibility": mode }),
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Removes a record type's own compatibility mode (the global one applies again);
+    /// returns the mode removed.
+    pub async fn delete_compatibility(
+        &self,
+        actor: &str,
+        record_type: &str,
+    ) -> Result<Option<String>> {
+        let previous = self.compatibility(Some(record_type)).await?;
+        let mut tx = self.begin_write().await?;
+        on_tx!(&mut tx, |conn| {
+            sqlx::query("DELETE FROM registry_config WHERE record_type = $1")
+                .bind(record_type)
+                .execute(&mut *conn)
+                .await?;
+        });
+        if previous.is_some() {
+            audit_change(
+                &mut tx,
+                actor,
+                "schema_compatibility_removed",
+                serde_json::json!({ "record_type": record_type }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    /// Versions registered before the registry had ids (skeleton data directories):
+    /// gives each its schema's id, with `fingerprint` computing what the registry
+    /// computes for a new schema. Runs when the hub opens a database.
+    pub async fn assign_schema_ids(&self, fingerprint: impl Fn(&str) -> [u8; 32]) -> Result<usize> {
+        let pending = on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT record_type, schema_version, definition FROM record_schemas
+                 WHERE schema_id IS NULL ORDER BY registered_at, record_type, schema_version",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        text(row, "record_type")?,
+                        integer(row, "schema_version")?,
+                        text(row, "definition")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        });
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        for (record_type, version, definition) in &pending {
+            let print = fingerprint(definition);
+            let now = now_millis();
+            on_tx!(&mut tx, |conn| {
+                let known =
+                    sqlx::query("SELECT schema_id FROM registry_schemas WHERE fingerprint = $1")
+                        .bind(&print[..])
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                let id = match known {
+                    Some(row) => integer(&row, "schema_id")?,
+                    None => {
+                        let row = sqlx::query(
+                            "SELECT COALESCE(MAX(schema_id), 0) + 1 AS next FROM registry_schemas",
+                        )
+                        .fetch_one(&mut *conn)
+                        .await?;
+                        let id = integer(&row, "next")?;
+                        sqlx::query(
+                            "INSERT INTO registry_schemas (schema_id, fingerprint, definition, registered_at)
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(id)
+                        .bind(&print[..])
+                        .bind(definition)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        id
+                    }
+                };
+                sqlx::query(
+                    "UPDATE record_schemas SET schema_id = $1 WHERE record_type = $2 AND schema_version = $3",
+                )
+                .bind(id)
+                .bind(record_type)
+                .bind(*version)
+                .execute(&mut *conn)
+                .await?;
+            });
+        }
+        tx.commit().await?;
+        Ok(pending.len())
+    }
+}
+
+fn schema_version<R: RowExt>(row: &R) -> Result<SchemaVersion> {
+    Ok(SchemaVersion {
+        record_type: row.text("record_type")?,
+        version: row.integer("schema_version")? as u32,
+        schema_id: row.integer("schema_id")?,
+        definition: row.text("definition")?,
+        deleted: row.optional_integer("deleted_at")?.is_some(),
+    })
+}

@@ -1,0 +1,589 @@
+//! The schema registry's REST API (Confluent's dialect under `/registry`), on SQLite and
+//! PostgreSQL: subjects are record types' topics, ids are global, compatibility is
+//! enforced per mode and explained by field path, deletion is soft and refused for a
+//! version stored records were written with, writes are the operator's and audited.
+
+use crate::harness::{repo_root, Broker, Db, TestEnv, TestHub};
+use serde_json::{json, Value};
+
+async fn send(
+    hub: &TestHub,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = hub
+        .http
+        .request(method, format!("{}/registry{path}", hub.base))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        content_type, "application/vnd.schemaregistry.v1+json",
+        "{path}"
+    );
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn expect_error(reply: (u16, Value), status: u16, code: u64, fragment: &str) {
+    let (got, body) = reply;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["error_code"], code, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(fragment),
+        "{message:?} should mention {fragment:?}"
+    );
+}
+
+/// The birth certificate schema with one more field.
+fn with_field(base: &Value, field: Value) -> String {
+    let mut schema = base.clone();
+    schema["fields"].as_array_mut().unwrap().push(field);
+    schema.to_string()
+}
+
+async fn registry_api(db: Db) {
+    use reqwest::Method;
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let operator = env
+        .token(&["--role", "operator", "--name", "registry admin"])
+        .await;
+    let department = env
+        .token(&[
+            "--role",
+            "department",
+            "--department",
+            "health",
+            "--name",
+            "his",
+        ])
+        .await;
+    let citizen = env.citizen_token("440104198503125841").await;
+    let auditor = env.auditor_token().await;
+    let subject = format!(
+        "{}-value",
+        env.kafka().records_topic("health.birth_certificate")
+    );
+    let file =
+        std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
+            .unwrap();
+    let v1: Value = serde_json::from_str(&file).unwrap();
+
+    // Reads: the subject `datarun up` registered, by subject, version and id.
+    let (status, subjects) = send(&hub, Method::GET, "/subjects", &department, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        subjects.as_array().unwrap().contains(&json!(subject)),
+        "{subjects}"
+    );
+    let (_, versions) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(versions, json!([1]));
+    let (status, latest) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions/latest"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(latest["subject"], json!(subject));
+    assert_eq!(latest["version"], 1);
+    assert_eq!(latest["schema"], json!(file));
+    let id1 = latest["id"].as_i64().unwrap();
+    let (_, by_id) = send(
+        &hub,
+        Method::GET,
+        &format!("/schemas/ids/{id1}"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(by_id["schema"], json!(file));
+    let (_, raw) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions/1/schema"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(raw, v1);
+
+    // A compatible version gets a new global id; registering it again changes nothing.
+    let v2 = with_field(
+        &v1,
+        json!({"name": "remarks", "type": ["null", "string"], "default": null}),
+    );
+    let (status, added) = send(
+        &hub,
+        Method::POST,
+        &format!("/subjects/{subject}/versions"),
+        &operator,
+        Some(json!({"schema": v2})),
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["version"], 2);
+    let id2 = added["id"].as_i64().unwrap();
+    assert_ne!(id1, id2);
+    let (_, again) = send(
+        &hub,
+        Method::POST,
+        &format!("/subjects/{subject}/versions"),
+        &operator,
+        Some(json!({"schema": v2, "schemaType": "AVRO"})),
+    )
+    .await;
+    assert_eq!(again, json!({"id": id2, "version": 2}));
+    let (_, found) = send(
+        &hub,
+        Method::POST,
+        &format!("/subjects/{subject}"),
+        &department,
+        Some(json!({"schema": v2})),
+    )
+    .await;
+    assert_eq!(
+        (found["version"].clone(), found["id"].clone()),
+        (json!(2), json!(id2))
+    );
+    expect_error(
+        send(&hub, Method::POST, &format!("/subjects/{subject}"), &department, Some(json!({"schema": with_field(&v1, json!({"name": "x", "type": "int", "default": 0}))}))).await,
+        404, 40403, "Schema not found",
+    );
+    let (_, ids) = send(
+        &hub,
+        Method::GET,
+        &format!("/schemas/ids/{id2}/versions"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(ids, json!([{"subject": subject, "version": 2}]));
+
+    // An incompatible version is refused (BACKWARD, the default), naming the field.
+    let v3 = with_field(&v1, json!({"name": "registry_office", "type": "string"}));
+    expect_error(
+        send(
+            &hub,
+            Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            &operator,
+            Some(json!({"schema": v3})),
+        )
+        .await,
+        409,
+        409,
+        "registry_office",
+    );
+    let (status, verdict) = send(
+        &hub,
+        Method::POST,
+        &format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"),
+        &department,
+        Some(json!({"schema": v3})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(verdict["is_compatible"], false);
+    let messages = verdict["messages"].to_string();
+    assert!(
+        messages.contains("READER_FIELD_MISSING_DEFAULT_VALUE")
+            && messages.contains("registry_office"),
+        "{messages}"
+    );
+    let (_, verdict) = send(
+        &hub,
+        Method::POST,
+        &format!("/compatibility/subjects/{subject}/versions/1"),
+        &department,
+        Some(json!({"schema": v2})),
+    )
+    .await;
+    assert_eq!(verdict, json!({"is_compatible": true}));
+
+    // Per-subject configuration: NONE lets it through; the global level is untouched.
+    expect_error(
+        send(
+            &hub,
+            Method::PUT,
+            &format!("/config/{subject}"),
+            &operator,
+            Some(json!({"compatibility": "SOMETIMES"})),
+        )
+        .await,
+        422,
+        42203,
+        "BACKWARD_TRANSITIVE",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::GET,
+            &format!("/config/{subject}"),
+            &department,
+            None,
+        )
+        .await,
+        404,
+        40408,
+        "subject-level compatibility",
+    );
+    let (_, set) = send(
+        &hub,
+        Method::PUT,
+        &format!("/config/{subject}"),
+        &operator,
+        Some(json!({"compatibility": "NONE"})),
+    )
+    .await;
+    assert_eq!(set, json!({"compatibility": "NONE"}));
+    let (_, level) = send(
+        &hub,
+        Method::GET,
+        &format!("/config/{subject}"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(level, json!({"compatibilityLevel": "NONE"}));
+    let (_, global) = send(&hub, Method::GET, "/config", &department, None).await;
+    assert_eq!(global, json!({"compatibilityLevel": "BACKWARD"}));
+    let (status, added) = send(
+        &hub,
+        Method::POST,
+        &format!("/subjects/{subject}/versions"),
+        &operator,
+        Some(json!({"schema": v3})),
+    )
+    .await;
+    assert_eq!(
+        (status, added["version"].clone()),
+        (200, json!(3)),
+        "{added}"
+    );
+    let id3 = added["id"].as_i64().unwrap();
+    let (_, removed) = send(
+        &hub,
+        Method::DELETE,
+        &format!("/config/{subject}"),
+        &operator,
+        None,
+    )
+    .await;
+    assert_eq!(removed, json!({"compatibilityLevel": "NONE"}));
+    let (_, mode) = send(&hub, Method::GET, "/mode", &department, None).await;
+    assert_eq!(mode, json!({"mode": "READWRITE"}));
+
+    // Soft deletion: hidden from listings, still resolvable by id; refused for a version
+    // stored records were written with, and never permanent.
+    let (_, deleted) = send(
+        &hub,
+        Method::DELETE,
+        &format!("/subjects/{subject}/versions/3"),
+        &operator,
+        None,
+    )
+    .await;
+    assert_eq!(deleted, json!(3));
+    let (_, versions) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(versions, json!([1, 2]));
+    let (_, versions) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions?deleted=true"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(versions, json!([1, 2, 3]));
+    let (status, _) = send(
+        &hub,
+        Method::GET,
+        &format!("/schemas/ids/{id3}"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (source, _) = env.sample(3);
+    env.run_connector(&source).await;
+    assert_eq!(hub.wait_for_certificates(3).await, 3);
+    expect_error(
+        send(
+            &hub,
+            Method::DELETE,
+            &format!("/subjects/{subject}/versions/1"),
+            &operator,
+            None,
+        )
+        .await,
+        422,
+        42205,
+        "3 stored records",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::DELETE,
+            &format!("/subjects/{subject}"),
+            &operator,
+            None,
+        )
+        .await,
+        422,
+        42205,
+        "stored records",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::DELETE,
+            &format!("/subjects/{subject}/versions/2?permanent=true"),
+            &operator,
+            None,
+        )
+        .await,
+        422,
+        42205,
+        "never deletes a schema permanently",
+    );
+    let (_, versions) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions"),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(
+        versions,
+        json!([1, 2]),
+        "a refused subject deletion deletes nothing"
+    );
+
+    // Specific errors for bad input.
+    expect_error(
+        send(
+            &hub,
+            Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            &operator,
+            Some(json!({"schema": "{\"type\": \"record\""})),
+        )
+        .await,
+        422,
+        42201,
+        "Invalid schema",
+    );
+    expect_error(
+        send(&hub, Method::POST, &format!("/subjects/{subject}/versions"), &operator, Some(json!({"schema": "{\"type\": \"record\", \"name\": \"R\", \"fields\": [{\"name\": \"a\", \"type\": \"string\"}]}"}))).await,
+        422, 42201, "datarun.role",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::POST,
+            "/subjects/orders-value/versions",
+            &operator,
+            Some(json!({"schema": v2})),
+        )
+        .await,
+        422,
+        42205,
+        "not a record type's subject",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::GET,
+            "/subjects/orders-value/versions",
+            &department,
+            None,
+        )
+        .await,
+        404,
+        40401,
+        "not found",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::GET,
+            &format!("/subjects/{subject}/versions/9"),
+            &department,
+            None,
+        )
+        .await,
+        404,
+        40402,
+        "Version 9",
+    );
+    expect_error(
+        send(
+            &hub,
+            Method::GET,
+            &format!("/subjects/{subject}/versions/abc"),
+            &department,
+            None,
+        )
+        .await,
+        422,
+        42202,
+        "not a valid version",
+    );
+    expect_error(
+        send(&hub, Method::GET, "/schemas/ids/99999", &department, None).await,
+        404,
+        40403,
+        "not found",
+    );
+
+    // Roles: departments read, only operators write, citizens neither.
+    expect_error(
+        send(
+            &hub,
+            Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            &department,
+            Some(json!({"schema": v2})),
+        )
+        .await,
+        403,
+        40301,
+        "operator",
+    );
+    expect_error(
+        send(&hub, Method::GET, "/subjects", &citizen, None).await,
+        403,
+        40301,
+        "citizen",
+    );
+    expect_error(
+        send(&hub, Method::GET, "/subjects", "not-a-token", None).await,
+        401,
+        40101,
+        "token",
+    );
+
+    // Every change is in the audit log, attributed.
+    let (_, events) = hub
+        .get("/v1/audit/events?kind=schema_registered", &auditor)
+        .await;
+    let registered: Vec<&Value> = events["events"].as_array().unwrap().iter().collect();
+    let versions: Vec<i64> = registered
+        .iter()
+        .filter(|e| e["detail"]["record_type"] == "health.birth_certificate")
+        .map(|e| e["detail"]["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3], "{events}");
+    for kind in [
+        "schema_deleted",
+        "schema_compatibility_set",
+        "schema_compatibility_removed",
+    ] {
+        let (_, events) = hub
+            .get(&format!("/v1/audit/events?kind={kind}"), &auditor)
+            .await;
+        assert_eq!(
+            events["events"].as_array().unwrap().len(),
+            1,
+            "{kind}: {events}"
+        );
+    }
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_api_sqlite() {
+    registry_api(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_api_postgres() {
+    registry_api(Db::Postgres).await;
+}
+
+/// Confluent's own Python `SchemaRegistryClient`, unmodified, against the hub: it lists
+/// subjects, reads the latest version, registers a compatible version (the same id
+/// again on a repeat), reads it back by id, finds it under the subject, and gets 409
+/// with the field's path for an incompatible one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_schema_registry_client_works_against_the_hub() {
+    let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
+    let hub = env.start().await;
+    let operator = env
+        .token(&["--role", "operator", "--name", "registry admin"])
+        .await;
+    let subject = format!(
+        "{}-value",
+        env.kafka().records_topic("health.birth_certificate")
+    );
+    let v1: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
+            .unwrap(),
+    )
+    .unwrap();
+    let job = json!({
+        "url": format!("{}/registry", hub.base),
+        "token": operator,
+        "subject": subject,
+        "compatible": with_field(&v1, json!({"name": "remarks", "type": ["null", "string"], "default": null})),
+        "incompatible": with_field(&v1, json!({"name": "registry_office", "type": "string"})),
+    });
+    let out = crate::harness::run_python("registry_client.py", &job);
+    let seen: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        seen["subjects"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(subject)),
+        "{seen}"
+    );
+    assert_eq!(seen["latest"]["version"], 1, "{seen}");
+    let id = seen["registered_id"].as_i64().unwrap();
+    assert_ne!(json!(id), seen["latest"]["id"], "{seen}");
+    assert_eq!(seen["registered_again_id"], json!(id), "{seen}");
+    assert_eq!(seen["fetched_equal"], true, "{seen}");
+    assert_eq!(seen["fetched_type"], "AVRO", "{seen}");
+    assert_eq!(seen["lookup"], json!({"id": id, "version": 2}), "{seen}");
+    assert_eq!(seen["versions"], json!([1, 2]), "{seen}");
+    assert_eq!(seen["compatible_says"], false, "{seen}");
+    assert_eq!(seen["incompatible"]["http_status"], 409, "{seen}");
+    assert_eq!(seen["incompatible"]["error_code"], 409, "{seen}");
+    let message = seen["incompatible"]["message"].as_str().unwrap();
+    assert!(message.contains("registry_office"), "{message}");
+    assert_eq!(seen["compatibility"], "BACKWARD", "{seen}");
+    assert_eq!(seen["unknown_id"]["http_status"], 404, "{seen}");
+    assert_eq!(seen["unknown_id"]["error_code"], 40403, "{seen}");
+    hub.running.stop().await;
+}
