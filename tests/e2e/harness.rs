@@ -268,6 +268,18 @@ start_local = false
             .join("health-2026.pk8")
     }
 
+    /// The health connector, given its schema's registry id from the prepared hub.
+    pub async fn health_connector(&self) -> datarun_connector::Connector {
+        let mut connector =
+            datarun_connector::Connector::load(&repo_root().join("connectors/health")).unwrap();
+        let store = datarun_cli::app::open_store(&self.config).await.unwrap();
+        datarun_cli::setup::resolve_connector_schema(&store, &mut connector)
+            .await
+            .unwrap();
+        store.close().await;
+        connector
+    }
+
     pub async fn run_connector(&self, source: &Path) -> String {
         let connector = repo_root().join("connectors/health");
         let (code, out) = self

@@ -4,8 +4,7 @@
 //! poison message is dead-lettered (digested when it is too large to forward), and keys
 //! from `datarun key generate` work in other toolchains.
 
-use crate::harness::{header as header_of_message, repo_root, run_python, Broker, Db, TestEnv};
-use datarun_connector::Connector;
+use crate::harness::{header as header_of_message, run_python, Broker, Db, TestEnv};
 use datarun_domain::envelope::header;
 use datarun_domain::{DepartmentId, KeyId, RecordId, SignedRecord};
 use datarun_kafka::wire;
@@ -20,7 +19,6 @@ fn envelope_headers(record: &SignedRecord) -> Vec<(String, Vec<u8>)> {
         (header::RECORD_ID, e.record_id.to_string()),
         (header::DEPARTMENT, e.department.to_string()),
         (header::RECORD_TYPE, e.record_type.to_string()),
-        (header::SCHEMA_VERSION, e.schema_version.to_string()),
         (header::SUBJECT, e.subject.clone()),
         (header::SIGNED_AT, e.signed_at_millis.to_string()),
         (header::KEY_ID, e.signing_key_id.to_string()),
@@ -57,7 +55,7 @@ fn genuine(record: &SignedRecord, partition: i32) -> Value {
 async fn poison_then_genuine(db: Db) {
     let env = TestEnv::new(db, Broker::Tansu).await;
     let hub = env.start().await;
-    let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
+    let connector = env.health_connector().await;
     let key =
         datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
             .unwrap();
@@ -135,7 +133,7 @@ async fn poison_then_genuine(db: Db) {
             None,
             &envelope_headers(&record),
         ));
-        expected.push(("signature_invalid", "intact"));
+        expected.push(("wire_format_invalid", "intact"));
         // 7. A correctly signed record, valid Avro, with a NUL character in a name:
         //    PostgreSQL can store it in no text or jsonb column.
         let mut row = rows[12 + p].clone();
@@ -300,7 +298,7 @@ async fn generated_keys_work_in_openssl_and_python() {
         public_keys.push((file, out.trim().to_owned()));
     }
     // Register both, publish one record with each from Python.
-    let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
+    let connector = env.health_connector().await;
     let rows = datarun_connector::sample::birth_certificates(2, 31);
     let throwaway = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();
     for (index, (file, public_key)) in public_keys.iter().enumerate() {
@@ -328,7 +326,6 @@ async fn generated_keys_work_in_openssl_and_python() {
                     "record_id": format!("health-keyfile-{index}"),
                     "department": "health",
                     "record_type": "health.birth_certificate",
-                    "schema_version": 1,
                     "subject": template.envelope.subject,
                     "signed_at_millis": datarun_store::now_millis(),
                     "key_id": key_id,

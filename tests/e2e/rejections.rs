@@ -1,8 +1,8 @@
 //! Bad input: every forged, unauthorised, malformed or replayed record lands in the
 //! dead-letter topic with its reason code and field, is audited, and is not stored.
 
-use crate::harness::{dead_letters, repo_root, run_python, Broker, Db, TestEnv};
-use datarun_connector::Connector;
+use crate::harness::{dead_letters, run_python, Broker, Db, TestEnv};
+use datarun_domain::envelope::framing;
 use datarun_domain::{DepartmentId, KeyId, RecordId, SignedRecord};
 use datarun_kafka::RecordPublisher;
 use datarun_store::AuditFilter;
@@ -24,7 +24,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
     let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
     let hub = env.start().await;
     let store = &hub.running.store;
-    let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
+    let connector = env.health_connector().await;
     let health_key =
         datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
             .unwrap();
@@ -140,17 +140,26 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
             }),
         ),
         (
-            "schema_unknown",
+            "unknown_schema",
             resign(&second, &health_key, |r| {
-                r.envelope.record_id = id("health-v9");
-                r.envelope.schema_version = 9;
+                r.envelope.record_id = id("health-unregistered-id");
+                let (_, body) = framing::unframe(&r.payload).unwrap();
+                r.payload = framing::frame(999_999, body);
+            }),
+        ),
+        (
+            "wire_format_invalid",
+            resign(&second, &health_key, |r| {
+                r.envelope.record_id = id("health-bare-avro");
+                r.payload = framing::unframe(&r.payload).unwrap().1.to_vec();
             }),
         ),
         (
             "schema_invalid",
             resign(&second, &health_key, |r| {
                 r.envelope.record_id = id("health-garbage");
-                r.payload = b"this is not avro".to_vec();
+                let (schema_id, _) = framing::unframe(&r.payload).unwrap();
+                r.payload = framing::frame(schema_id, b"this is not avro");
             }),
         ),
         (
@@ -313,7 +322,7 @@ async fn third_party_client_records_are_verified_byte_for_byte() {
         )
         .await
         .unwrap();
-    let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
+    let connector = env.health_connector().await;
     let row = datarun_connector::sample::birth_certificates(1, 11).remove(0);
     let template = connector.sign_row(&row, &key).unwrap();
     let job = serde_json::json!({
@@ -325,7 +334,6 @@ async fn third_party_client_records_are_verified_byte_for_byte() {
             "record_id": "health-py-record",
             "department": "health",
             "record_type": "health.birth_certificate",
-            "schema_version": 1,
             "subject": template.envelope.subject,
             "signed_at_millis": template.envelope.signed_at_millis,
             "key_id": "health-py",

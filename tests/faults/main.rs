@@ -12,11 +12,10 @@
 #[allow(dead_code)]
 mod harness;
 
-use datarun_connector::Connector;
 use datarun_domain::SignedRecord;
 use datarun_kafka::RecordPublisher;
 use datarun_store::Store;
-use harness::{repo_root, Broker, BrokerHandle, Db, TestEnv};
+use harness::{Broker, BrokerHandle, Db, TestEnv};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -171,8 +170,8 @@ struct Sample {
     bad: BTreeSet<String>,
 }
 
-fn signed_sample(env: &TestEnv, count: usize, seed: u64, bad_every: usize) -> Sample {
-    let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
+async fn signed_sample(env: &TestEnv, count: usize, seed: u64, bad_every: usize) -> Sample {
+    let connector = env.health_connector().await;
     let key =
         datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
             .unwrap();
@@ -413,7 +412,7 @@ async fn crash_at_every_step(db: Db) {
     let store = env.prepare().await;
     let total = crash_scenario_records();
     let started = Instant::now();
-    let sample = signed_sample(&env, total, 5, 250);
+    let sample = signed_sample(&env, total, 5, 250).await;
     let valid = total - sample.bad.len();
     eprintln!("{total} records signed in {:?}", started.elapsed());
     let feeder = feed(&env, &store, sample.records, 20_000);
@@ -609,7 +608,7 @@ async fn database_outage() {
     let env =
         TestEnv::on_postgres(Db::Postgres, Broker::TansuInMemory, &postgres.admin_url()).await;
     let store = env.prepare().await;
-    let sample = signed_sample(&env, 12_000, 17, 500);
+    let sample = signed_sample(&env, 12_000, 17, 500).await;
     let valid = sample.records.len() - sample.bad.len();
     let bad = sample.bad.len();
     // The department goes on publishing (up to 4,000 ahead) while the database is down.
@@ -662,7 +661,7 @@ async fn broker_crash(db: Db) {
     let sample = {
         let store = env.prepare().await;
         store.close().await;
-        signed_sample(&env, 3_000, 23, 400)
+        signed_sample(&env, 3_000, 23, 400).await
     };
     let valid = sample.records.len() - sample.bad.len();
     let bad = sample.bad.len();
@@ -711,7 +710,7 @@ async fn two_hubs_one_killed_postgres() {
 async fn two_hubs_one_killed() {
     let env = TestEnv::new(Db::Postgres, Broker::TansuInMemory).await;
     let store = env.prepare().await;
-    let connector = Connector::load(&repo_root().join("connectors/health")).unwrap();
+    let connector = env.health_connector().await;
     let key =
         datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
             .unwrap();

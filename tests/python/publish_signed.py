@@ -4,9 +4,10 @@ docs/signing.md specifies, signs it with Ed25519, and publishes with the real
 third-party Kafka client confluent-kafka. Used by the end-to-end suite.
 
 Reads a JSON job on stdin:
-  {"bootstrap": "...", "topic": "...", "payload_hex": "...",
+  {"bootstrap": "...", "topic": "...",
+   "payload_hex": "<the Kafka value: 0x00, 4-byte schema id, Avro body>",
    "seed_hex": "..." or "key_file": "<PKCS#8 file, DER or PEM, as `datarun key generate` writes>",
-   "envelope": {record_id, department, record_type, schema_version, subject, signed_at_millis, key_id},
+   "envelope": {record_id, department, record_type, subject, signed_at_millis, key_id},
    "variants": ["valid", "payload_flipped", "signature_flipped"]}
 Each variant is published with record id "<record_id>-<variant>".
 """
@@ -18,7 +19,7 @@ from confluent_kafka import Producer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-DOMAIN = b"datarun-record-v2\n"
+DOMAIN = b"datarun-record-v3\n"
 
 
 def field(data: bytes) -> bytes:
@@ -30,7 +31,6 @@ def signing_input(envelope: dict, payload: bytes) -> bytes:
         envelope["record_id"],
         envelope["department"],
         envelope["record_type"],
-        str(envelope["schema_version"]),
         envelope["subject"],
         str(envelope["signed_at_millis"]),
         envelope["key_id"],
@@ -72,7 +72,6 @@ def main() -> int:
             ("datarun-record-id", envelope["record_id"]),
             ("datarun-department", envelope["department"]),
             ("datarun-record-type", envelope["record_type"]),
-            ("datarun-schema-version", str(envelope["schema_version"])),
             ("datarun-subject", envelope["subject"]),
             ("datarun-signed-at", str(envelope["signed_at_millis"])),
             ("datarun-key-id", envelope["key_id"]),

@@ -178,7 +178,8 @@ pub async fn ingest(
     out: &mut dyn Write,
 ) -> anyhow::Result<BenchHub> {
     let hub = fresh_hub(backend, broker, postgres_admin_url, count + RESTART_RECORDS).await?;
-    let connector = Connector::load(&hub.config.hub.connectors_dir.join("health"))?;
+    let mut connector = Connector::load(&hub.config.hub.connectors_dir.join("health"))?;
+    crate::setup::resolve_connector_schema(&hub.store, &mut connector).await?;
     let key = crate::secrets::read_secret(&hub.dir.join("keys").join("health-2026.pk8"))?;
     let key = datarun_domain::keys::parse_private_key(&key)?;
     let rows = datarun_connector::sample::birth_certificates(count + RESTART_RECORDS, 1);

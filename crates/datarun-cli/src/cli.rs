@@ -391,7 +391,12 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             source,
             state_dir,
         }) => {
-            let connector = Connector::load(&folder)?;
+            let mut connector = Connector::load(&folder)?;
+            // The schema's registry id, from the hub's database this command is
+            // configured with (the values carry it: Confluent's wire format).
+            let store = app::open_store(&config).await?;
+            setup::resolve_connector_schema(&store, &mut connector).await?;
+            store.close().await;
             let options = RunOptions {
                 signing_key_file: signing_key.unwrap_or_else(|| {
                     config
@@ -585,7 +590,8 @@ async fn up(
         datarun_connector::sample::write_csv(&sample_file, &rows)?;
     }
     let running = app::start(&config, store.clone()).await?;
-    let connector = Connector::load(&config.hub.connectors_dir.join("health"))?;
+    let mut connector = Connector::load(&config.hub.connectors_dir.join("health"))?;
+    setup::resolve_connector_schema(&store, &mut connector).await?;
     let options = RunOptions {
         signing_key_file: key_file,
         state_dir: data_dir.join("connectors"),

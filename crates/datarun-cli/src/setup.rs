@@ -140,6 +140,32 @@ pub async fn register_schema_file(store: &Store, path: &Path) -> anyhow::Result<
     Ok((record_type, version))
 }
 
+/// Gives a connector its schema's registry id: the version its `connector.toml` names,
+/// which must be registered with exactly the connector's schema file.
+pub async fn resolve_connector_schema(
+    store: &Store,
+    connector: &mut datarun_connector::Connector,
+) -> anyhow::Result<()> {
+    let record_type = connector.record_type().to_string();
+    let version = connector.config.schema_version;
+    let versions = store.schema_versions(&record_type, true).await?;
+    let registered = versions
+        .iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{record_type} version {version} is not registered (datarun schema register)"
+            )
+        })?;
+    anyhow::ensure!(
+        datarun_schema::fingerprint(&registered.definition)
+            == datarun_schema::fingerprint(&connector.schema.definition),
+        "the connector's schema file differs from {record_type} version {version} as registered"
+    );
+    connector.set_schema_id(u32::try_from(registered.schema_id)?);
+    Ok(())
+}
+
 /// The actor the command line's registry changes are audited as.
 pub const OPERATOR_CLI: &str = "operator-cli";
 

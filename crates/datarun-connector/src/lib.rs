@@ -78,6 +78,9 @@ pub struct Connector {
     department: DepartmentId,
     record_type: RecordType,
     signing_key_id: KeyId,
+    /// The registry's id of `schema`, written into every value (Confluent's wire
+    /// format); set by [`Connector::set_schema_id`] once the registry was asked.
+    schema_id: Option<u32>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ConnectorError + '_ {
@@ -151,6 +154,7 @@ impl Connector {
             department,
             record_type,
             signing_key_id,
+            schema_id: None,
         })
     }
 
@@ -196,6 +200,15 @@ impl Connector {
         std::fs::rename(&temporary, &path).map_err(io_error(&path))
     }
 
+    /// The registry's id of the connector's schema, which every value names.
+    pub fn set_schema_id(&mut self, schema_id: u32) {
+        self.schema_id = Some(schema_id);
+    }
+
+    pub fn record_type(&self) -> &RecordType {
+        &self.record_type
+    }
+
     /// Maps one source row to a record signed now.
     pub fn sign_row(
         &self,
@@ -227,7 +240,13 @@ impl Connector {
                 .unwrap_or(raw);
             mapped.insert(field.clone(), value.to_owned());
         }
-        let payload = self.schema.encode_row(&mapped).map_err(|e| e.to_string())?;
+        let schema_id = self.schema_id.ok_or_else(|| {
+            format!(
+                "the registry's id of {} version {} is not known (Connector::set_schema_id)",
+                self.record_type, self.config.schema_version
+            )
+        })?;
+        let body = self.schema.encode_row(&mapped).map_err(|e| e.to_string())?;
         let version_text = row
             .get(&mapping.row_version)
             .ok_or_else(|| format!("column {} is missing", mapping.row_version))?;
@@ -244,7 +263,7 @@ impl Connector {
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         digest.update(self.record_type.as_str().as_bytes());
         digest.update(&row_version_millis.to_be_bytes());
-        digest.update(&payload);
+        digest.update(&body);
         let record_id = format!(
             "{}-{}",
             self.department,
@@ -254,16 +273,27 @@ impl Connector {
             record_id: RecordId::parse(&record_id).map_err(|e| e.to_string())?,
             department: self.department.clone(),
             record_type: self.record_type.clone(),
-            schema_version: self.config.schema_version,
             subject,
             signed_at_millis,
             signing_key_id: self.signing_key_id.clone(),
         };
-        Ok(envelope.sign(payload, key_pair))
+        Ok(envelope.sign(
+            datarun_domain::envelope::framing::frame(schema_id, &body),
+            key_pair,
+        ))
     }
 
     /// Publishes every row not yet acknowledged, batch by batch, checkpointing after each.
     pub async fn run(&self, kafka: &KafkaSettings, options: &RunOptions) -> Result<RunReport> {
+        if self.schema_id.is_none() {
+            return Err(ConnectorError::Config {
+                path: self.folder.join("connector.toml"),
+                message: format!(
+                    "the registry's id of {} version {} is not known; nothing was published",
+                    self.record_type, self.config.schema_version
+                ),
+            });
+        }
         let key_bytes = std::fs::read(&options.signing_key_file)
             .map_err(io_error(&options.signing_key_file))?;
         let key_pair = datarun_domain::keys::parse_private_key(&key_bytes).map_err(|error| {
@@ -379,7 +409,9 @@ mod tests {
 
     fn connector() -> Connector {
         let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health");
-        Connector::load(&folder).unwrap()
+        let mut connector = Connector::load(&folder).unwrap();
+        connector.set_schema_id(7);
+        connector
     }
 
     #[test]
@@ -405,7 +437,9 @@ mod tests {
             );
             assert!(first.signature_is_valid(key_pair.public_key().as_ref()));
             let today = CivilDate::new(2026, 11, 22).unwrap();
-            let valid = connector.schema.validate(&first.payload, today).unwrap();
+            let (schema_id, body) = first.unframed().unwrap();
+            assert_eq!(schema_id, 7, "every value names the registry's schema id");
+            let valid = connector.schema.validate(body, today).unwrap();
             assert_eq!(valid.subject, first.envelope.subject);
             assert!(matches!(
                 valid.fields["child_sex"].as_str(),
@@ -422,5 +456,15 @@ mod tests {
         let key_pair = Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();
         let error = connector.sign_row(&row, &key_pair).unwrap_err();
         assert!(error.contains("date_of_birth"), "{error}");
+    }
+
+    #[test]
+    fn no_record_is_signed_without_its_schema_id() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health");
+        let connector = Connector::load(&folder).unwrap();
+        let row = sample::birth_certificates(1, 1).remove(0);
+        let key_pair = Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();
+        let error = connector.sign_row(&row, &key_pair).unwrap_err();
+        assert!(error.contains("registry's id"), "{error}");
     }
 }

@@ -11,10 +11,46 @@ use crate::ids::{DepartmentId, KeyId, RecordId, RecordType};
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 
 /// The first bytes of every signing input: the format and its version.
-pub const SIGNING_INPUT_DOMAIN: &[u8] = b"datarun-record-v2\n";
+pub const SIGNING_INPUT_DOMAIN: &[u8] = b"datarun-record-v3\n";
 
 /// The first bytes of a record's content digest (see [`RecordEnvelope::content_digest`]).
-pub const CONTENT_DIGEST_DOMAIN: &[u8] = b"datarun-content-v1\n";
+pub const CONTENT_DIGEST_DOMAIN: &[u8] = b"datarun-content-v2\n";
+
+/// Confluent's wire format of a Kafka value: magic byte 0, the writer's schema id as a
+/// 4-byte big-endian number (a registry id), then the Avro binary body. Serializers and
+/// deserializers of every Kafka shop read and write it.
+pub mod framing {
+    /// The first byte of every framed value.
+    pub const MAGIC: u8 = 0;
+    /// Magic byte and schema id.
+    pub const HEADER_BYTES: usize = 5;
+
+    /// The framed value of an Avro `body` written with schema `schema_id`.
+    pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
+        let mut value = Vec::with_capacity(HEADER_BYTES + body.len());
+        value.push(MAGIC);
+        value.extend_from_slice(&schema_id.to_be_bytes());
+        value.extend_from_slice(body);
+        value
+    }
+
+    /// The schema id and Avro body of a framed value, or why it is not one.
+    pub fn unframe(value: &[u8]) -> Result<(u32, &[u8]), &'static str> {
+        match value {
+            [] => Err("the value is empty; it must start with magic byte 0 and a 4-byte schema id"),
+            [magic, ..] if *magic != MAGIC => {
+                Err("the value does not start with magic byte 0 (Confluent wire format)")
+            }
+            _ if value.len() < HEADER_BYTES => {
+                Err("the value is shorter than magic byte 0 and a 4-byte schema id")
+            }
+            _ => {
+                let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+                Ok((id, &value[HEADER_BYTES..]))
+            }
+        }
+    }
+}
 
 /// The Kafka header names of the envelope (`docs/signing.md`). They are also the field
 /// paths of envelope rejections.
@@ -22,7 +58,6 @@ pub mod header {
     pub const RECORD_ID: &str = "datarun-record-id";
     pub const DEPARTMENT: &str = "datarun-department";
     pub const RECORD_TYPE: &str = "datarun-record-type";
-    pub const SCHEMA_VERSION: &str = "datarun-schema-version";
     pub const SUBJECT: &str = "datarun-subject";
     /// Decimal Unix milliseconds when the department signed.
     pub const SIGNED_AT: &str = "datarun-signed-at";
@@ -30,11 +65,10 @@ pub mod header {
     /// Lower-case hex of the 64-byte Ed25519 signature.
     pub const SIGNATURE: &str = "datarun-signature";
     /// Every envelope header; each must appear exactly once.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 7] = [
         RECORD_ID,
         DEPARTMENT,
         RECORD_TYPE,
-        SCHEMA_VERSION,
         SUBJECT,
         SIGNED_AT,
         KEY_ID,
@@ -42,13 +76,12 @@ pub mod header {
     ];
 }
 
-/// Everything about a record except its payload and signature.
+/// Everything about a record except its value (which names its schema) and signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordEnvelope {
     pub record_id: RecordId,
     pub department: DepartmentId,
     pub record_type: RecordType,
-    pub schema_version: u32,
     /// The identifier of the person or business the record is about.
     pub subject: String,
     /// When the department signed the record, Unix milliseconds (by its own clock).
@@ -56,7 +89,8 @@ pub struct RecordEnvelope {
     pub signing_key_id: KeyId,
 }
 
-/// An envelope, its Avro payload and the publisher's Ed25519 signature over both.
+/// An envelope, its Kafka value (framed: schema id and Avro body, see [`framing`]) and
+/// the publisher's Ed25519 signature over both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedRecord {
     pub envelope: RecordEnvelope,
@@ -71,14 +105,14 @@ fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 
 impl RecordEnvelope {
     /// The exact bytes that are signed: the domain line, then each field as a
-    /// 4-byte big-endian length followed by its UTF-8 bytes, payload last.
+    /// 4-byte big-endian length followed by its UTF-8 bytes, the Kafka value last (all of
+    /// it, so the schema id in its header is signed too).
     pub fn signing_input(&self, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(SIGNING_INPUT_DOMAIN.len() + payload.len() + 256);
         out.extend_from_slice(SIGNING_INPUT_DOMAIN);
         push_field(&mut out, self.record_id.as_str().as_bytes());
         push_field(&mut out, self.department.as_str().as_bytes());
         push_field(&mut out, self.record_type.as_str().as_bytes());
-        push_field(&mut out, self.schema_version.to_string().as_bytes());
         push_field(&mut out, self.subject.as_bytes());
         push_field(&mut out, self.signed_at_millis.to_string().as_bytes());
         push_field(&mut out, self.signing_key_id.as_str().as_bytes());
@@ -97,7 +131,6 @@ impl RecordEnvelope {
             self.record_id.as_str().as_bytes(),
             self.department.as_str().as_bytes(),
             self.record_type.as_str().as_bytes(),
-            self.schema_version.to_string().as_bytes(),
             self.subject.as_bytes(),
             payload,
         ] {
@@ -132,6 +165,11 @@ impl RecordEnvelope {
 }
 
 impl SignedRecord {
+    /// The writer's schema id and the Avro body, from the framed value.
+    pub fn unframed(&self) -> Result<(u32, &[u8]), &'static str> {
+        framing::unframe(&self.payload)
+    }
+
     /// True when `signature` is this record's Ed25519 signature by `public_key` (32 bytes).
     pub fn signature_is_valid(&self, public_key: &[u8]) -> bool {
         let input = self.envelope.signing_input(&self.payload);
@@ -157,7 +195,30 @@ mod tests {
         let mut other = envelope.clone();
         other.subject = "440303201506306858".into();
         assert_ne!(other.content_digest(&payload), digest);
-        assert_ne!(envelope.content_digest(b"payload bytez"), digest);
+        assert_ne!(
+            envelope.content_digest(&framing::frame(1, b"payload bytez")),
+            digest
+        );
+        assert_ne!(
+            envelope.content_digest(&framing::frame(2, b"payload bytes")),
+            digest,
+            "the same body under another schema id is other content"
+        );
+    }
+
+    #[test]
+    fn values_are_framed_as_confluent_serializers_frame_them() {
+        let value = framing::frame(0x0102_0304, b"body");
+        assert_eq!(value, [0, 1, 2, 3, 4, b'b', b'o', b'd', b'y']);
+        assert_eq!(framing::unframe(&value), Ok((0x0102_0304, &b"body"[..])));
+        assert_eq!(framing::unframe(&[0, 0, 0, 0, 7]), Ok((7, &b""[..])));
+        assert!(framing::unframe(b"").unwrap_err().contains("empty"));
+        assert!(framing::unframe(&[1, 0, 0, 0, 1, 9])
+            .unwrap_err()
+            .contains("magic byte 0"));
+        assert!(framing::unframe(&[0, 0, 1])
+            .unwrap_err()
+            .contains("shorter"));
     }
 
     #[test]
@@ -190,12 +251,11 @@ mod tests {
             record_id: RecordId::parse("health-0001").unwrap(),
             department: DepartmentId::parse("health").unwrap(),
             record_type: RecordType::parse("health.birth_certificate").unwrap(),
-            schema_version: 1,
             subject: "440303201506303948".into(),
             signed_at_millis: 1_767_225_600_000,
             signing_key_id: KeyId::parse("health-2026").unwrap(),
         };
-        (key_pair, envelope, b"payload bytes".to_vec())
+        (key_pair, envelope, framing::frame(1, b"payload bytes"))
     }
 
     #[test]

@@ -9,6 +9,9 @@ use serde::Serialize;
 pub enum RejectReason {
     /// A required envelope header is missing or malformed.
     EnvelopeInvalid,
+    /// The value is not in the Confluent wire format: magic byte 0, then a 4-byte
+    /// big-endian schema id, then the Avro body.
+    WireFormatInvalid,
     /// The message, its key, a header or the number of headers exceeds its bound.
     Oversized,
     /// The signing key id is not in the trust registry for that department.
@@ -25,8 +28,11 @@ pub enum RejectReason {
     SignatureInvalid,
     /// The department is not allowed to publish this record type.
     PublisherNotAllowed,
-    /// No schema is registered for this record type and version.
+    /// Retired: no schema registered for the record type and version a header named
+    /// (before the value carried its schema id). Kept so recorded rejections still read.
     SchemaUnknown,
+    /// The value's schema id is not a registered schema of the record type.
+    UnknownSchema,
     /// The payload does not decode against the schema, or a value breaks a schema rule.
     SchemaInvalid,
     /// An identifier field fails its format or check character.
@@ -43,6 +49,7 @@ impl RejectReason {
     pub fn code(self) -> &'static str {
         match self {
             Self::EnvelopeInvalid => "envelope_invalid",
+            Self::WireFormatInvalid => "wire_format_invalid",
             Self::Oversized => "oversized",
             Self::UnknownKey => "unknown_key",
             Self::KeyRevoked => "key_revoked",
@@ -52,6 +59,7 @@ impl RejectReason {
             Self::SignatureInvalid => "signature_invalid",
             Self::PublisherNotAllowed => "publisher_not_allowed",
             Self::SchemaUnknown => "schema_unknown",
+            Self::UnknownSchema => "unknown_schema",
             Self::SchemaInvalid => "schema_invalid",
             Self::IdentifierInvalid => "identifier_invalid",
             Self::SubjectMismatch => "subject_mismatch",
@@ -97,8 +105,9 @@ impl Rejection {
 
 impl RejectReason {
     /// Every reason, for documentation checks and exhaustive tests.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 17] = [
         Self::EnvelopeInvalid,
+        Self::WireFormatInvalid,
         Self::Oversized,
         Self::UnknownKey,
         Self::KeyRevoked,
@@ -108,6 +117,7 @@ impl RejectReason {
         Self::SignatureInvalid,
         Self::PublisherNotAllowed,
         Self::SchemaUnknown,
+        Self::UnknownSchema,
         Self::SchemaInvalid,
         Self::IdentifierInvalid,
         Self::SubjectMismatch,

@@ -60,7 +60,8 @@ pub enum Handled {
     Rejected(Rejection),
 }
 
-/// Parsed schemas by (record type, version); registered versions never change.
+/// Writer schemas by (record type, schema id), parsed; a registered schema never
+/// changes, and its id stays resolvable after a soft deletion.
 type SchemaCache = HashMap<(String, u32), Arc<RecordSchema>>;
 
 /// What an operator tunes about ingest.
@@ -108,8 +109,9 @@ impl Ingest {
         }
     }
 
-    async fn schema(&self, record_type: &str, version: u32) -> Result<Option<Arc<RecordSchema>>> {
-        let key = (record_type.to_owned(), version);
+    /// The writer's schema a value names by its id, as a version of `record_type`.
+    async fn schema(&self, record_type: &str, schema_id: u32) -> Result<Option<Arc<RecordSchema>>> {
+        let key = (record_type.to_owned(), schema_id);
         if let Some(schema) = self
             .schemas
             .lock()
@@ -118,23 +120,22 @@ impl Ingest {
         {
             return Ok(Some(schema.clone()));
         }
-        let Some(definition) = self.store.schema_definition(record_type, version).await? else {
+        let Some((version, definition)) = self
+            .store
+            .schema_of_record_type(record_type, i64::from(schema_id))
+            .await?
+        else {
             return Ok(None);
         };
-        let parsed_type = datarun_domain::RecordType::parse(record_type).map_err(|e| {
-            IngestError::BrokenSchema {
-                record_type: record_type.to_owned(),
-                version,
-                message: e.to_string(),
-            }
-        })?;
-        let schema = RecordSchema::parse(parsed_type, version, &definition).map_err(|e| {
-            IngestError::BrokenSchema {
-                record_type: record_type.to_owned(),
-                version,
-                message: e.to_string(),
-            }
-        })?;
+        let broken = |message: String| IngestError::BrokenSchema {
+            record_type: record_type.to_owned(),
+            version,
+            message,
+        };
+        let parsed_type =
+            datarun_domain::RecordType::parse(record_type).map_err(|e| broken(e.to_string()))?;
+        let schema = RecordSchema::parse(parsed_type, version, &definition)
+            .map_err(|e| broken(e.to_string()))?;
         let schema = Arc::new(schema);
         self.schemas
             .lock()
@@ -168,12 +169,15 @@ impl Ingest {
                 let allowed = self.store.may_publish(department, record_type).await?;
                 entry.insert(allowed);
             }
-            let schema_key = (envelope.record_type.to_string(), envelope.schema_version);
+            let Ok((schema_id, _)) = record.unframed() else {
+                continue;
+            };
+            let schema_key = (envelope.record_type.to_string(), schema_id);
             if let std::collections::hash_map::Entry::Vacant(entry) =
                 context.schemas.entry(schema_key)
             {
-                let (record_type, version) = entry.key();
-                let schema = self.schema(record_type, *version).await?;
+                let (record_type, schema_id) = entry.key();
+                let schema = self.schema(record_type, *schema_id).await?;
                 entry.insert(schema);
             }
         }
@@ -607,18 +611,25 @@ impl TrustContext {
                 ),
             ));
         }
-        let schema_key = (envelope.record_type.to_string(), envelope.schema_version);
+        let (schema_id, body) = record.unframed().map_err(|problem| {
+            Rejection::at(
+                RejectReason::WireFormatInvalid,
+                datarun_kafka::wire::VALUE,
+                problem,
+            )
+        })?;
+        let schema_key = (envelope.record_type.to_string(), schema_id);
         let Some(Some(schema)) = self.schemas.get(&schema_key) else {
             return Err(Rejection::at(
-                RejectReason::SchemaUnknown,
-                datarun_kafka::wire::SCHEMA_VERSION,
+                RejectReason::UnknownSchema,
+                datarun_kafka::wire::VALUE,
                 format!(
-                    "no schema registered for {} version {}",
-                    envelope.record_type, envelope.schema_version
+                    "schema id {schema_id} is not a registered version of {}",
+                    envelope.record_type
                 ),
             ));
         };
-        let validated = schema.validate(&record.payload, today)?;
+        let validated = schema.validate(body, today)?;
         if validated.subject != envelope.subject {
             return Err(Rejection::at(
                 RejectReason::SubjectMismatch,
@@ -630,7 +641,7 @@ impl TrustContext {
             record_id: envelope.record_id.to_string(),
             certificate_id: validated.certificate_id.to_string(),
             record_type: envelope.record_type.to_string(),
-            schema_version: envelope.schema_version,
+            schema_version: schema.version,
             department: envelope.department.to_string(),
             subject: validated.subject,
             signed_at: envelope.signed_at_millis,

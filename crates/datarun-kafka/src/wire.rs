@@ -9,8 +9,12 @@ use datarun_domain::{
 use rdkafka::message::{Header, OwnedHeaders};
 
 pub use datarun_domain::envelope::header::{
-    DEPARTMENT, KEY_ID, RECORD_ID, RECORD_TYPE, SCHEMA_VERSION, SIGNATURE, SIGNED_AT, SUBJECT,
+    DEPARTMENT, KEY_ID, RECORD_ID, RECORD_TYPE, SIGNATURE, SIGNED_AT, SUBJECT,
 };
+
+/// The field path of rejections about the Kafka value itself (its framing, its schema
+/// id); fields inside the Avro body are named by their own paths.
+pub const VALUE: &str = "value";
 
 pub const REJECT_REASON: &str = "datarun-reject-reason";
 pub const REJECT_FIELD: &str = "datarun-reject-field";
@@ -27,21 +31,19 @@ pub const ORIGINAL_VALUE_BYTES: &str = "datarun-original-value-bytes";
 
 pub fn envelope_headers(record: &SignedRecord) -> OwnedHeaders {
     let envelope = &record.envelope;
-    let version = envelope.schema_version.to_string();
     let signed_at = envelope.signed_at_millis.to_string();
     let signature = hex::encode(&record.signature);
     let pairs = [
         (RECORD_ID, envelope.record_id.as_str()),
         (DEPARTMENT, envelope.department.as_str()),
         (RECORD_TYPE, envelope.record_type.as_str()),
-        (SCHEMA_VERSION, version.as_str()),
         (SUBJECT, envelope.subject.as_str()),
         (SIGNED_AT, signed_at.as_str()),
         (KEY_ID, envelope.signing_key_id.as_str()),
         (SIGNATURE, signature.as_str()),
     ];
     pairs.into_iter().fold(
-        OwnedHeaders::new_with_capacity(8),
+        OwnedHeaders::new_with_capacity(7),
         |headers, (key, value)| {
             headers.insert(Header {
                 key,
@@ -64,6 +66,13 @@ pub fn decode_record(
         .map(|(name, value)| (name.as_bytes(), value.as_slice()))
         .collect();
     datarun_domain::limits::check_message(key, payload, &pairs)?;
+    if let Err(problem) = datarun_domain::envelope::framing::unframe(payload) {
+        return Err(Rejection::at(
+            RejectReason::WireFormatInvalid,
+            VALUE,
+            problem,
+        ));
+    }
     let header = |name: &'static str| -> Result<&str, Rejection> {
         let value = headers
             .iter()
@@ -87,13 +96,6 @@ pub fn decode_record(
             )
         })
     };
-    let schema_version = u32::try_from(number(SCHEMA_VERSION)?).map_err(|_| {
-        Rejection::at(
-            RejectReason::EnvelopeInvalid,
-            SCHEMA_VERSION,
-            "version out of range",
-        )
-    })?;
     let signature = hex::decode(header(SIGNATURE)?)
         .ok()
         .filter(|bytes| bytes.len() == 64)
@@ -119,7 +121,6 @@ pub fn decode_record(
                 .map_err(|e| parsed(DEPARTMENT, e))?,
             record_type: RecordType::parse(header(RECORD_TYPE)?)
                 .map_err(|e| parsed(RECORD_TYPE, e))?,
-            schema_version,
             subject: subject.to_owned(),
             signed_at_millis: number(SIGNED_AT)?,
             signing_key_id: KeyId::parse(header(KEY_ID)?).map_err(|e| parsed(KEY_ID, e))?,
@@ -151,12 +152,11 @@ mod tests {
                 record_id: RecordId::parse("health-r1").unwrap(),
                 department: DepartmentId::parse("health").unwrap(),
                 record_type: RecordType::parse("health.birth_certificate").unwrap(),
-                schema_version: 1,
                 subject: "440303201506303948".into(),
                 signed_at_millis: 42,
                 signing_key_id: KeyId::parse("health-2026").unwrap(),
             },
-            payload: vec![1, 2, 3],
+            payload: vec![0, 0, 0, 0, 7, 1, 2, 3],
             signature: vec![9; 64],
         }
     }
@@ -169,7 +169,28 @@ mod tests {
     }
 
     fn decode(pairs: &[(String, Vec<u8>)]) -> Result<SignedRecord, Rejection> {
-        decode_record(Some(b"440303201506303948"), pairs, &[1, 2, 3])
+        decode_record(
+            Some(b"440303201506303948"),
+            pairs,
+            &[0, 0, 0, 0, 7, 1, 2, 3],
+        )
+    }
+
+    #[test]
+    fn values_outside_the_wire_format_are_refused() {
+        let pairs = as_pairs(&envelope_headers(&record()));
+        for (value, says) in [
+            (&[1u8, 2, 3][..], "magic byte 0"),
+            (&[0, 0, 1][..], "shorter"),
+            (&[][..], "empty"),
+        ] {
+            let rejection = decode_record(Some(b"k"), &pairs, value).unwrap_err();
+            assert_eq!(
+                (rejection.reason, rejection.field.as_deref()),
+                (RejectReason::WireFormatInvalid, Some(VALUE))
+            );
+            assert!(rejection.message.contains(says), "{}", rejection.message);
+        }
     }
 
     #[test]

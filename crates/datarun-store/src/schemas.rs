@@ -236,6 +236,35 @@ impl Store {
         })
     }
 
+    /// The version of `record_type` registered with schema `schema_id`, and its
+    /// definition: how ingest resolves a value's writer schema. Soft-deleted versions
+    /// still resolve (records written with them stay readable).
+    pub async fn schema_of_record_type(
+        &self,
+        record_type: &str,
+        schema_id: i64,
+    ) -> Result<Option<(u32, String)>> {
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT v.schema_version, s.definition
+                 FROM record_schemas v JOIN registry_schemas s ON s.schema_id = v.schema_id
+                 WHERE v.record_type = $1 AND v.schema_id = $2
+                 ORDER BY v.schema_version DESC LIMIT 1",
+            )
+            .bind(record_type)
+            .bind(schema_id)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|row| {
+                Ok((
+                    integer(&row, "schema_version")? as u32,
+                    text(&row, "definition")?,
+                ))
+            })
+            .transpose()
+        })
+    }
+
     /// Every (record type, version) registered with the schema `schema_id`.
     pub async fn versions_of_schema(
         &self,
