@@ -215,6 +215,14 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         identifier.1, "child_id_number",
         "the field path names the bad field"
     );
+    let undecodable = letters
+        .iter()
+        .find(|(reason, _, _)| reason == "schema_invalid")
+        .unwrap();
+    assert_eq!(
+        undecodable.1, "certificate_id",
+        "a body that does not decode under a registered id names where it breaks"
+    );
 
     // The record signed ten years ahead did not block the certificate: a genuine
     // correction signed now is stored as its newest version.

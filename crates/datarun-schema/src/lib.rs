@@ -259,6 +259,30 @@ impl RecordSchema {
         &self.fields
     }
 
+    /// The first top-level field whose bytes do not decode, for a payload that does
+    /// not: the record's fields are decoded one after the other, as they are laid out.
+    fn undecodable_field(&self, payload: &[u8]) -> Option<String> {
+        let Schema::Record(record) = &self.avro else {
+            return None;
+        };
+        let mut reader = payload;
+        for field in &record.fields {
+            let decoded = apache_avro::from_avro_datum_schemata(
+                &field.schema,
+                vec![&self.avro],
+                &mut reader,
+                None,
+            );
+            // A string cut short decodes as null (see `validate`): that field broke.
+            let cut_short = matches!(decoded, Ok(Value::Null))
+                && !matches!(field.schema, Schema::Null | Schema::Union(_));
+            if decoded.is_err() || cut_short {
+                return Some(field.name.clone());
+            }
+        }
+        None
+    }
+
     /// Decodes an Avro binary datum and checks every rule, with `today` for date rules.
     pub fn validate(
         &self,
@@ -275,20 +299,23 @@ impl RecordSchema {
             ));
         }
         let mut reader = payload;
-        let value =
-            apache_avro::from_avro_datum(&self.avro, &mut reader, None).map_err(|error| {
+        let value = match apache_avro::from_avro_datum(&self.avro, &mut reader, None) {
+            Ok(value) => value,
+            Err(error) => {
                 // apache-avro's messages can quote the bytes or values it choked on:
-                // only the kind of failure leaves the hub.
-                Rejection::new(
-                    RejectReason::SchemaInvalid,
-                    format!(
-                        "payload does not decode as {} version {} ({})",
-                        self.record_type,
-                        self.version,
-                        decode_failure(&error)
-                    ),
-                )
-            })?;
+                // only the kind of failure leaves the hub, at the field where it failed.
+                let message = format!(
+                    "payload does not decode as {} version {} ({})",
+                    self.record_type,
+                    self.version,
+                    decode_failure(&error)
+                );
+                return Err(match self.undecodable_field(payload) {
+                    Some(field) => Rejection::at(RejectReason::SchemaInvalid, field, message),
+                    None => Rejection::new(RejectReason::SchemaInvalid, message),
+                });
+            }
+        };
         if !reader.is_empty() {
             return Err(Rejection::new(
                 RejectReason::SchemaInvalid,
@@ -306,6 +333,15 @@ impl RecordSchema {
         let mut subject = None;
         let mut guardians = Vec::new();
         for (spec, (_, value)) in self.fields.iter().zip(values) {
+            if matches!(value, Value::Null) && !matches!(spec.kind, FieldKind::Nullable(_)) {
+                // apache-avro decodes a string cut short by the end of the payload as
+                // null rather than failing: a required field is never null.
+                return Err(Rejection::at(
+                    RejectReason::SchemaInvalid,
+                    &spec.name,
+                    "the payload ends inside this field",
+                ));
+            }
             let json = to_json(value);
             if holds_nul(&json) {
                 // Valid Avro, but no certificate text holds one, and PostgreSQL can store
@@ -507,6 +543,55 @@ mod tests {
         assert_eq!(valid.fields["date_of_birth"], "2015-06-30");
         assert_eq!(valid.fields["child_sex"], "MALE");
         assert_eq!(valid.fields["father_name"], Json::Null);
+    }
+
+    #[test]
+    fn a_body_that_does_not_decode_names_the_field_where_it_breaks() {
+        let schema = schema();
+        let row = row();
+        let payload = schema.encode_row(&row).unwrap();
+        // The enum's index follows two strings (each a one-byte length and its bytes).
+        let sex_at = 1 + row["certificate_id"].len() + 1 + row["child_name"].len();
+        let mut bad_enum = payload.clone();
+        bad_enum[sex_at] = 0x7e; // index 63 of two symbols
+        let truncated = payload[..payload.len() - 1].to_vec();
+        let cut_in_first_string = payload[..3].to_vec();
+        for (body, field) in [
+            (bad_enum, "child_sex"),
+            (truncated, "issue_date"),
+            (cut_in_first_string, "certificate_id"),
+        ] {
+            let rejection = schema.validate(&body, today()).unwrap_err();
+            assert_eq!(
+                (rejection.reason, rejection.field.as_deref()),
+                (RejectReason::SchemaInvalid, Some(field)),
+                "{rejection}"
+            );
+            assert!(rejection.message.contains("does not decode"), "{rejection}");
+        }
+    }
+
+    /// apache-avro reads a string cut short by the end of the payload as null; a payload
+    /// whose last field is such a string must still be refused.
+    #[test]
+    fn a_required_string_cut_short_at_the_end_is_refused() {
+        let schema = RecordSchema::parse(
+            RecordType::parse("health.test").unwrap(),
+            1,
+            r#"{"type": "record", "name": "T", "fields": [
+                {"name": "id", "type": "string", "datarun.role": "certificate"},
+                {"name": "who", "type": "string", "datarun.role": "subject"}]}"#,
+        )
+        .unwrap();
+        // "ab" then a string that says 5 bytes and has 2.
+        let rejection = schema
+            .validate(&[4, b'a', b'b', 10, b'x', b'y'], today())
+            .unwrap_err();
+        assert_eq!(
+            (rejection.reason, rejection.field.as_deref()),
+            (RejectReason::SchemaInvalid, Some("who")),
+            "{rejection}"
+        );
     }
 
     fn check(change: (&str, &str), reason: RejectReason, field: Option<&str>) {
