@@ -435,6 +435,19 @@ async fn registry_api(db: Db) {
         40401,
         "not found",
     );
+    let (status, body) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{}-value/versions", "x".repeat(5000)),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!((status, body["error_code"].clone()), (404, json!(40401)));
+    assert!(
+        body["message"].as_str().unwrap().len() < 300,
+        "an error quotes at most 200 characters of a subject: {body}"
+    );
     expect_error(
         send(
             &hub,

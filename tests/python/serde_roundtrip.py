@@ -23,24 +23,9 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 from cryptography.hazmat.primitives import serialization
 
-DOMAIN = b"datarun-record-v3\n"
+from publish_signed import signing_input  # docs/signing.md, written once
+
 DATE_FIELDS = {"date_of_birth", "issue_date"}
-
-
-def field(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def signing_input(envelope: dict, value: bytes) -> bytes:
-    parts = [
-        envelope["record_id"],
-        envelope["department"],
-        envelope["record_type"],
-        envelope["subject"],
-        str(envelope["signed_at_millis"]),
-        envelope["key_id"],
-    ]
-    return DOMAIN + b"".join(field(p.encode("utf-8")) for p in parts) + field(value)
 
 
 def as_avro(fields: dict) -> dict:

@@ -45,7 +45,7 @@ impl RegistryError {
         Self::new(
             StatusCode::NOT_FOUND,
             40401,
-            format!("Subject '{subject}' not found."),
+            format!("Subject '{}' not found.", shown(subject)),
         )
     }
 
@@ -155,6 +155,17 @@ impl RegistryCaller {
 /// The subject of a record type: its topic's name and `-value`.
 pub fn subject_of(state: &ApiState, record_type: &str) -> String {
     format!("{}{record_type}-value", state.records_topic_prefix)
+}
+
+/// A subject as an error message quotes it: at most 200 characters of whatever the
+/// caller sent.
+fn shown(subject: &str) -> String {
+    subject.chars().take(200).collect()
+}
+
+/// The record type of a record type's subject, or 40401.
+fn subject_record_type(state: &ApiState, subject: &str) -> Result<RecordType, RegistryError> {
+    record_type_of(state, subject).ok_or_else(|| RegistryError::subject_not_found(subject))
 }
 
 /// The record type a subject names, if it is a record type's subject.
@@ -370,8 +381,7 @@ async fn existing_subject(
     subject: &str,
     include_deleted: bool,
 ) -> Result<(RecordType, Vec<datarun_store::SchemaVersion>), RegistryError> {
-    let record_type =
-        record_type_of(state, subject).ok_or_else(|| RegistryError::subject_not_found(subject))?;
+    let record_type = subject_record_type(state, subject)?;
     let versions = state
         .store
         .schema_versions(record_type.as_str(), include_deleted)
@@ -462,7 +472,7 @@ async fn register_version(
     let record_type = record_type_of(&state, &subject).ok_or_else(|| {
         RegistryError::not_permitted(format!(
             "subject '{}' is not a record type's subject: subjects are {}<department>.<record>-value",
-            subject.chars().take(200).collect::<String>(),
+            shown(&subject),
             state.records_topic_prefix
         ))
     })?;
@@ -773,8 +783,7 @@ async fn get_subject_config(
     RegistryQuery(query): RegistryQuery,
 ) -> Reply {
     caller.may_read()?;
-    let record_type = record_type_of(&state, &subject)
-        .ok_or_else(|| RegistryError::subject_not_found(&subject))?;
+    let record_type = subject_record_type(&state, &subject)?;
     match state
         .store
         .compatibility(Some(record_type.as_str()))
@@ -800,8 +809,7 @@ async fn put_subject_config(
     body: axum::body::Bytes,
 ) -> Reply {
     caller.may_write()?;
-    let record_type = record_type_of(&state, &subject)
-        .ok_or_else(|| RegistryError::subject_not_found(&subject))?;
+    let record_type = subject_record_type(&state, &subject)?;
     let mode = config_body(&body)?;
     state
         .store
@@ -820,8 +828,7 @@ async fn delete_subject_config(
     Path(subject): Path<String>,
 ) -> Reply {
     caller.may_write()?;
-    let record_type = record_type_of(&state, &subject)
-        .ok_or_else(|| RegistryError::subject_not_found(&subject))?;
+    let record_type = subject_record_type(&state, &subject)?;
     match state
         .store
         .delete_compatibility(&caller.0.actor_id, record_type.as_str())

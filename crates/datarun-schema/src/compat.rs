@@ -245,7 +245,7 @@ pub fn can_read(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
     let mut resolver = Resolver {
         reader_names: names(reader),
         writer_names: names(writer),
-        in_progress: HashSet::new(),
+        resolved: HashSet::new(),
         found: Vec::new(),
     };
     resolver.resolve(reader, writer, "");
@@ -377,8 +377,11 @@ fn named(schema: &Schema) -> Option<(&Name, Vec<String>)> {
 struct Resolver {
     reader_names: HashMap<Name, Schema>,
     writer_names: HashMap<Name, Schema>,
-    /// Pairs of named types being resolved, so recursive types end.
-    in_progress: HashSet<(String, String)>,
+    /// Pairs of named types resolved or being resolved. Each pair is resolved once: so
+    /// recursive types end, and a type referenced at many places is checked at the first
+    /// (re-checking it at every reference took time exponential in the nesting, and the
+    /// compatibility endpoint is open to department systems).
+    resolved: HashSet<(String, String)>,
     found: Vec<Incompatibility>,
 }
 
@@ -471,8 +474,10 @@ impl Resolver {
                 if !self.names_match(reader, writer, path) {
                     return;
                 }
-                let key = (self.describe(reader), self.describe(writer));
-                if !self.in_progress.insert(key.clone()) {
+                if !self
+                    .resolved
+                    .insert((self.describe(reader), self.describe(writer)))
+                {
                     return;
                 }
                 match (reader, writer) {
@@ -537,7 +542,6 @@ impl Resolver {
                     }
                     _ => {}
                 }
-                self.in_progress.remove(&key);
             }
             (Schema::Array(reader_array), Schema::Array(writer_array)) => {
                 self.resolve(&reader_array.items, &writer_array.items, &join(path, "[]"));

@@ -170,3 +170,44 @@ fn a_first_version_is_compatible_under_every_mode() {
         assert!(compat::check(mode, &first, &[]).is_empty());
     }
 }
+
+/// A record type referenced twice by each of 28 nested types (about as deep as a schema
+/// can be: JSON parsing stops at 128 levels): re-checked at every reference, the check
+/// would take 2^28 steps (it did not finish in a minute). Each named type is checked
+/// once, and a broken field deep inside it is still reported, once.
+#[test]
+fn named_types_referenced_many_times_are_checked_once() {
+    fn nested(levels: usize, leaf_fields: Value) -> Schema {
+        let mut types = vec![serde_json::json!({
+            "type": "record", "name": "L0", "fields": leaf_fields
+        })];
+        for level in 1..=levels {
+            let inner = format!("L{}", level - 1);
+            types.push(serde_json::json!({
+                "type": "record", "name": format!("L{level}"),
+                "fields": [{"name": "a", "type": inner}, {"name": "b", "type": inner}]
+            }));
+        }
+        // Each type is defined at its first use: the outermost holds the whole chain.
+        let mut schema = types[0].clone();
+        for mut outer in types.into_iter().skip(1) {
+            outer["fields"][0]["type"] = schema;
+            schema = outer;
+        }
+        Schema::parse_str(&schema.to_string()).unwrap()
+    }
+    let old = nested(28, serde_json::json!([{"name": "x", "type": "int"}]));
+    let same = nested(28, serde_json::json!([{"name": "x", "type": "int"}]));
+    assert!(compat::can_read(&same, &old).is_empty());
+    let wider = nested(
+        28,
+        serde_json::json!([{"name": "x", "type": "int"}, {"name": "y", "type": "string"}]),
+    );
+    let refusals = compat::can_read(&wider, &old);
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(
+        refusals[0].kind,
+        compat::IncompatibilityKind::ReaderFieldMissingDefaultValue
+    );
+    assert!(refusals[0].path.ends_with("a.a.y"), "{}", refusals[0].path);
+}

@@ -11,6 +11,61 @@ use crate::{
     WriteTransaction,
 };
 
+/// Ids and versions are assigned as max + 1, so registry writes go one at a time:
+/// SQLite's writer lock already serialises them; PostgreSQL takes a table lock.
+async fn lock_registry(tx: &mut WriteTransaction) -> Result<()> {
+    if let WriteTransaction::Postgres(transaction) = tx {
+        sqlx::query("LOCK TABLE registry_schemas IN EXCLUSIVE MODE")
+            .execute(&mut **transaction)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The global id of the schema with `fingerprint`, assigning the next one (and storing
+/// `definition`) when the registry does not hold it yet; true when it was new.
+async fn schema_id_for(
+    tx: &mut WriteTransaction,
+    fingerprint: &[u8; 32],
+    definition: &str,
+    now: i64,
+) -> Result<(i64, bool)> {
+    Ok(on_tx!(tx, |conn| {
+        let known = sqlx::query("SELECT schema_id FROM registry_schemas WHERE fingerprint = $1")
+            .bind(&fingerprint[..])
+            .fetch_optional(&mut *conn)
+            .await?;
+        match known {
+            Some(row) => (integer(&row, "schema_id")?, false),
+            None => {
+                let row = sqlx::query(
+                    "SELECT COALESCE(MAX(schema_id), 0) + 1 AS next FROM registry_schemas",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                let id = integer(&row, "next")?;
+                sqlx::query(
+                    "INSERT INTO registry_schemas (schema_id, fingerprint, definition, registered_at)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(&fingerprint[..])
+                .bind(definition)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                (id, true)
+            }
+        }
+    }))
+}
+
+/// A stored version number, which the registry assigned from 1.
+fn version_number(stored: i64) -> Result<u32> {
+    u32::try_from(stored)
+        .map_err(|_| crate::StoreError::Corrupt(format!("schema version {stored} out of range")))
+}
+
 /// Appends one registry change to the audit chain, in the change's transaction.
 async fn audit_change(
     tx: &mut WriteTransaction,
@@ -79,13 +134,7 @@ impl Store {
         admit: impl FnOnce(&[SchemaVersion]) -> std::result::Result<(), E>,
     ) -> Result<std::result::Result<Registration, E>> {
         let mut tx = self.begin_write().await?;
-        // Ids and versions are assigned as max + 1: one registration at a time (SQLite's
-        // writer lock already serialises them).
-        if let crate::WriteTransaction::Postgres(transaction) = &mut tx {
-            sqlx::query("LOCK TABLE registry_schemas IN EXCLUSIVE MODE")
-                .execute(&mut **transaction)
-                .await?;
-        }
+        lock_registry(&mut tx).await?;
         let versions = on_tx!(&mut tx, |conn| {
             let rows = sqlx::query(
                 "SELECT v.record_type, v.schema_version, v.schema_id, v.deleted_at, s.definition, s.fingerprint
@@ -100,7 +149,7 @@ impl Store {
                     Ok((
                         SchemaVersion {
                             record_type: text(row, "record_type")?,
-                            version: integer(row, "schema_version")? as u32,
+                            version: version_number(integer(row, "schema_version")?)?,
                             schema_id: integer(row, "schema_id")?,
                             definition: text(row, "definition")?,
                             deleted: optional_integer(row, "deleted_at")?.is_some(),
@@ -129,35 +178,7 @@ impl Store {
         }
         let version = versions.last().map_or(1, |(v, _)| v.version + 1);
         let now = now_millis();
-        let (schema_id, new_schema) = on_tx!(&mut tx, |conn| {
-            let known =
-                sqlx::query("SELECT schema_id FROM registry_schemas WHERE fingerprint = $1")
-                    .bind(&fingerprint[..])
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            match known {
-                Some(row) => (integer(&row, "schema_id")?, false),
-                None => {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(MAX(schema_id), 0) + 1 AS next FROM registry_schemas",
-                    )
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    let id = integer(&row, "next")?;
-                    sqlx::query(
-                        "INSERT INTO registry_schemas (schema_id, fingerprint, definition, registered_at)
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(id)
-                    .bind(&fingerprint[..])
-                    .bind(definition)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-                    (id, true)
-                }
-            }
-        });
+        let (schema_id, new_schema) = schema_id_for(&mut tx, &fingerprint, definition, now).await?;
         on_tx!(&mut tx, |conn| {
             sqlx::query(
                 "INSERT INTO record_schemas (record_type, schema_version, definition, registered_at, schema_id)
@@ -257,7 +278,7 @@ impl Store {
             .await?;
             row.map(|row| {
                 Ok((
-                    integer(&row, "schema_version")? as u32,
+                    version_number(integer(&row, "schema_version")?)?,
                     text(&row, "definition")?,
                 ))
             })
@@ -454,39 +475,15 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.begin_write().await?;
+        lock_registry(&mut tx).await?;
         for (record_type, version, definition) in &pending {
-            let print = fingerprint(definition);
-            let now = now_millis();
+            let (id, _) =
+                schema_id_for(&mut tx, &fingerprint(definition), definition, now_millis()).await?;
             on_tx!(&mut tx, |conn| {
-                let known =
-                    sqlx::query("SELECT schema_id FROM registry_schemas WHERE fingerprint = $1")
-                        .bind(&print[..])
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                let id = match known {
-                    Some(row) => integer(&row, "schema_id")?,
-                    None => {
-                        let row = sqlx::query(
-                            "SELECT COALESCE(MAX(schema_id), 0) + 1 AS next FROM registry_schemas",
-                        )
-                        .fetch_one(&mut *conn)
-                        .await?;
-                        let id = integer(&row, "next")?;
-                        sqlx::query(
-                            "INSERT INTO registry_schemas (schema_id, fingerprint, definition, registered_at)
-                             VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(id)
-                        .bind(&print[..])
-                        .bind(definition)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await?;
-                        id
-                    }
-                };
+                // Another hub opening the database at once may have assigned it already.
                 sqlx::query(
-                    "UPDATE record_schemas SET schema_id = $1 WHERE record_type = $2 AND schema_version = $3",
+                    "UPDATE record_schemas SET schema_id = $1
+                     WHERE record_type = $2 AND schema_version = $3 AND schema_id IS NULL",
                 )
                 .bind(id)
                 .bind(record_type)
@@ -503,7 +500,7 @@ impl Store {
 fn schema_version<R: RowExt>(row: &R) -> Result<SchemaVersion> {
     Ok(SchemaVersion {
         record_type: row.text("record_type")?,
-        version: row.integer("schema_version")? as u32,
+        version: version_number(row.integer("schema_version")?)?,
         schema_id: row.integer("schema_id")?,
         definition: row.text("definition")?,
         deleted: row.optional_integer("deleted_at")?.is_some(),
