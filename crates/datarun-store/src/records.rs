@@ -156,6 +156,24 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // Two writers storing versions of the same certificates at once can deadlock on
+        // PostgreSQL: a certificate first committed by a third writer after this batch
+        // read its stored versions is locked by the upsert, out of id order. PostgreSQL
+        // rolls one batch back whole; it is decided again from what is stored then.
+        let mut attempt = 1;
+        loop {
+            match self.store_batch_once(items).await {
+                Err(error) if attempt < CONFLICT_ATTEMPTS && is_transient_conflict(&error) => {
+                    tracing::warn!(%error, attempt, "ingest batch met a conflicting writer; retrying");
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn store_batch_once(&self, items: &[IngestItem]) -> Result<Vec<IngestOutcome>> {
         let mut tx = self.begin_write().await?;
         let accepted: Vec<&StoredRecord> = items
             .iter()
@@ -568,6 +586,29 @@ impl Store {
             .await?;
             rows.iter().map(|row| text(row, "subject_id")).collect()
         })
+    }
+}
+
+/// How many times a batch is tried when PostgreSQL rolls it back for a conflict.
+const CONFLICT_ATTEMPTS: u32 = 6;
+
+/// A growing, jittered pause before the next try, so the writers that met do not meet
+/// again in step.
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.subsec_nanos() % 20);
+    std::time::Duration::from_millis(u64::from(attempt * 10 + jitter))
+}
+
+/// PostgreSQL's deadlock (40P01) and serialization failure (40001): the transaction was
+/// rolled back whole and can be run again.
+fn is_transient_conflict(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(sqlx::Error::Database(error)) => {
+            matches!(error.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
     }
 }
 
