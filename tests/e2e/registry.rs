@@ -685,3 +685,283 @@ async fn confluent_serializer_output_is_stored_and_deserializes() {
     }
     hub.running.stop().await;
 }
+
+/// Sensitivity travels with the schema: the registry reports each field's tag, a version
+/// that adds a sensitive field registers only when it says so (and the audit lists the
+/// raise), and a consent releases only the fields of the version it was granted against,
+/// sensitive ones only when it names them.
+async fn sensitivity_travels_with_the_schema(db: Db) {
+    use reqwest::Method;
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let operator = env
+        .token(&["--role", "operator", "--name", "registry admin"])
+        .await;
+    let department = env
+        .token(&[
+            "--role",
+            "department",
+            "--department",
+            "health",
+            "--name",
+            "his",
+        ])
+        .await;
+    let caseworker = env.caseworker_token("public_security").await;
+    let auditor = env.auditor_token().await;
+    let subject = format!(
+        "{}-value",
+        env.kafka().records_topic("health.birth_certificate")
+    );
+    let v1: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
+            .unwrap(),
+    )
+    .unwrap();
+
+    // The tags, as Confluent metadata tags keyed by field path; `health` reads as sensitive.
+    let (_, latest) = send(
+        &hub,
+        Method::GET,
+        &format!("/subjects/{subject}/versions/latest"),
+        &department,
+        None,
+    )
+    .await;
+    let tags = &latest["metadata"]["tags"];
+    let path = "cn.gov.gd.datarun.health.BirthCertificate";
+    assert_eq!(
+        tags[format!("{path}.birth_weight_grams")],
+        json!(["sensitive"]),
+        "{latest}"
+    );
+    assert_eq!(
+        tags[format!("{path}.child_name")],
+        json!(["personal"]),
+        "{latest}"
+    );
+    assert_eq!(
+        tags[format!("{path}.certificate_id")],
+        json!(["personal"]),
+        "{latest}"
+    );
+    let (_, by_id) = send(
+        &hub,
+        Method::GET,
+        &format!("/schemas/ids/{}", latest["id"]),
+        &department,
+        None,
+    )
+    .await;
+    assert_eq!(by_id["metadata"], latest["metadata"]);
+
+    // The sample population, and a consent granted while version 1 is the latest.
+    let (source, rows) = env.sample(2);
+    env.run_connector(&source).await;
+    assert_eq!(hub.wait_for_certificates(2).await, 2);
+    let child = rows[0]["baby_id_no"].clone();
+    let mother = env.citizen_token(&rows[0]["mother_id_no"]).await;
+    let grant = |fields: Option<Vec<&str>>| {
+        json!({
+            "subject": child,
+            "requester_department": "public_security",
+            "record_types": ["health.birth_certificate"],
+            "fields": fields,
+            "purpose": "household_registration",
+            "max_uses": 5,
+        })
+    };
+    let (status, old_consent) = hub.post("/v1/consents", &mother, grant(None)).await;
+    assert_eq!(status, 201, "{old_consent}");
+    assert_eq!(
+        old_consent["schema_versions"],
+        json!({"health.birth_certificate": 1})
+    );
+    let (status, refused) = hub
+        .post("/v1/consents", &mother, grant(Some(vec!["blood_type"])))
+        .await;
+    assert_eq!(status, 400, "a field no version has yet: {refused}");
+
+    // Version 2 adds a personal field and a sensitive one: refused without the flag,
+    // naming the field, then accepted with it.
+    let mut v2 = v1.clone();
+    for field in [
+        json!({"name": "blood_type", "type": ["null", "string"], "default": null}),
+        json!({"name": "diagnosis", "type": ["null", "string"], "default": null, "datarun.sensitivity": "sensitive"}),
+    ] {
+        v2["fields"].as_array_mut().unwrap().push(field);
+    }
+    let v2 = v2.to_string();
+    expect_error(
+        send(
+            &hub,
+            Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            &operator,
+            Some(json!({"schema": v2})),
+        )
+        .await,
+        422,
+        42205,
+        "adds sensitive field diagnosis",
+    );
+    let (status, added) = send(
+        &hub,
+        Method::POST,
+        &format!("/subjects/{subject}/versions?allowSensitive=true"),
+        &operator,
+        Some(json!({"schema": v2})),
+    )
+    .await;
+    assert_eq!(
+        (status, added["version"].clone()),
+        (200, json!(2)),
+        "{added}"
+    );
+    let (status, events) = hub
+        .get("/v1/audit/events?kind=schema_registered", &auditor)
+        .await;
+    assert_eq!(status, 200, "{events}");
+    let raised = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["detail"]["version"] == 2)
+        .unwrap_or_else(|| panic!("version 2's registration is audited: {events}"));
+    assert_eq!(
+        raised["detail"]["sensitivity_raised"],
+        json!([{"field": "diagnosis", "from": null, "to": "sensitive"}]),
+        "{raised}"
+    );
+    let (_, me) = hub.get("/v1/whoami", &operator).await;
+    assert_eq!(raised["actor"], me["actor_id"], "{raised}");
+    // Raising an existing field's tag is a raise too.
+    let mut v3: Value = serde_json::from_str(&v2).unwrap();
+    v3["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .for_each(|f| {
+            if f["name"] == "child_sex" {
+                f["datarun.sensitivity"] = json!("sensitive");
+            }
+        });
+    expect_error(
+        send(
+            &hub,
+            Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            &operator,
+            Some(json!({"schema": v3.to_string()})),
+        )
+        .await,
+        422,
+        42205,
+        "raises field child_sex from personal to sensitive",
+    );
+
+    // The department writes a new version of the child's certificate with version 2.
+    let connector = env.health_connector().await;
+    let key =
+        datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
+            .unwrap();
+    let today = datarun_domain::date::CivilDate::from_unix_millis_cst(datarun_store::now_millis());
+    let signed = connector.sign_row(&rows[0], &key).unwrap();
+    let (_, body) = signed.unframed().unwrap();
+    let mut fields = connector.schema.validate(body, today).unwrap().fields;
+    fields.insert("blood_type".into(), json!("AB"));
+    fields.insert("diagnosis".into(), json!("neonatal jaundice"));
+    let job = json!({
+        "bootstrap": env.kafka().bootstrap_servers,
+        "topic": env.kafka().records_topic("health.birth_certificate"),
+        "registry_url": format!("{}/registry", hub.base),
+        "token": department,
+        "key_file": env.health_key_file(),
+        "key_id": "health-2026",
+        "department": "health",
+        "record_type": "health.birth_certificate",
+        "records": [{"record_id": "health-v2-0", "subject": child, "fields": fields}],
+    });
+    let out = crate::harness::run_python("serde_roundtrip.py", &job);
+    assert!(out.contains("\"published\": 1"), "{out}");
+    let store = &hub.running.store;
+    for _ in 0..200 {
+        if !store
+            .stored_record_ids(&["health-v2-0".into()])
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store
+            .current_version(rows[0]["cert_no"].as_str())
+            .await
+            .unwrap()
+            .map(|(id, _)| id),
+        Some("health-v2-0".to_owned())
+    );
+
+    let released = |consent: &Value| {
+        let body = json!({
+            "consent_id": consent["consent_id"],
+            "subject": child,
+            "record_type": "health.birth_certificate",
+        });
+        let hub = &hub;
+        let caseworker = caseworker.clone();
+        async move {
+            let (status, body) = hub.post("/v1/lookups", &caseworker, body).await;
+            assert_eq!(status, 200, "{body}");
+            let mut names: Vec<String> = body["certificates"][0]["fields"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    // Under the consent granted at version 1: neither new field, nor the sensitive one.
+    let names = released(&old_consent).await;
+    assert!(names.contains(&"child_name".to_owned()), "{names:?}");
+    for held_back in ["blood_type", "diagnosis", "birth_weight_grams"] {
+        assert!(
+            !names.contains(&held_back.to_owned()),
+            "{held_back} in {names:?}"
+        );
+    }
+    // A consent granted now releases the new personal field, still no sensitive one.
+    let (_, new_consent) = hub.post("/v1/consents", &mother, grant(None)).await;
+    assert_eq!(
+        new_consent["schema_versions"],
+        json!({"health.birth_certificate": 2})
+    );
+    let names = released(&new_consent).await;
+    assert!(names.contains(&"blood_type".to_owned()), "{names:?}");
+    assert!(!names.contains(&"diagnosis".to_owned()), "{names:?}");
+    // A consent that names the sensitive field releases it, and only what it names.
+    let (_, naming) = hub
+        .post(
+            "/v1/consents",
+            &mother,
+            grant(Some(vec!["diagnosis", "child_name"])),
+        )
+        .await;
+    assert_eq!(released(&naming).await, vec!["child_name", "diagnosis"]);
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitivity_travels_with_the_schema_sqlite() {
+    sensitivity_travels_with_the_schema(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitivity_travels_with_the_schema_postgres() {
+    sensitivity_travels_with_the_schema(Db::Postgres).await;
+}

@@ -58,7 +58,9 @@ const SKELETON_ROWS: &[&str] = &[
      '0707070707070707070707070707070707070707070707070707070707070707', 0, NULL, NULL, 1)",
     "INSERT INTO purposes VALUES ('household_registration', 'Household registration', 1)",
     "INSERT INTO record_schemas VALUES ('health.birth_certificate', 1, \
-     '{\"type\": \"record\", \"name\": \"BirthCertificate\", \"fields\": []}', 1)",
+     '{\"type\": \"record\", \"name\": \"BirthCertificate\", \"fields\": [\
+     {\"name\": \"child_name\", \"type\": \"string\", \"datarun.sensitivity\": \"personal\"}, \
+     {\"name\": \"weight_grams\", \"type\": \"int\", \"datarun.sensitivity\": \"health\"}]}', 1)",
     "INSERT INTO records VALUES ('health-r1', 'CERT-1', 'health.birth_certificate', 1, 'health', \
      '440303201506303948', 1000, 'health-2026', \
      'abababababababababababababababababababababababababababababababab', 'cdcd', \
@@ -66,6 +68,9 @@ const SKELETON_ROWS: &[&str] = &[
     "INSERT INTO certificates VALUES ('CERT-1', 'health.birth_certificate', 'health', \
      '440303201506303948', 'health-r1', 1000, 2000)",
     "INSERT INTO actors VALUES ('caseworker_1', 'caseworker', 'health', NULL, 'Wang', 1)",
+    "INSERT INTO consents VALUES ('consent_skeleton', '440303201506303948', '440303201506303948', \
+     'health', NULL, 'health.birth_certificate', NULL, 'household_registration', 5, 0, 'active', \
+     4102444800000, 1500, NULL)",
     "INSERT INTO ingest_rejections VALUES ('records.health.birth_certificate', 0, 41, \
      '0101010101010101010101010101010101010101010101010101010101010101', 'signature_invalid', \
      'datarun-signature', 'bad', 'health-r9', 'health', 'health.birth_certificate', 1, 3000, 0, 3001, 'intact')",
@@ -221,8 +226,31 @@ async fn skeleton_database_migrates(db: Db) {
     };
     assert_eq!(certificates.len(), 1);
     assert_eq!(certificates[0].fields["child_name"], "Li Xiaoming");
-    assert_eq!(certificates[0].fields["weight_grams"], 3250);
-    assert_eq!(store.verify_audit_chain().await.unwrap(), Ok(2));
+    // The skeleton's `health` tag reads as sensitive: not released unless named.
+    assert!(
+        !certificates[0].fields.contains_key("weight_grams"),
+        "{:?}",
+        certificates[0].fields
+    );
+    // A skeleton-era consent recorded no schema version: it reads as granted against
+    // the version registered by its grant time, and releases by that version's tags.
+    let outcome = store
+        .lookup(
+            &caseworker,
+            "consent_skeleton",
+            SUBJECT,
+            &RecordType::parse("health.birth_certificate").unwrap(),
+        )
+        .await
+        .unwrap();
+    let LookupOutcome::Allowed { certificates, .. } = outcome else {
+        panic!("lookup under the skeleton's consent refused: {outcome:?}");
+    };
+    assert_eq!(
+        certificates[0].fields.keys().collect::<Vec<_>>(),
+        vec!["child_name"]
+    );
+    assert_eq!(store.verify_audit_chain().await.unwrap(), Ok(3));
     store.close().await;
     // A second start finds nothing left to migrate.
     let again = datarun_store::Store::connect(&url, vec![5; 32])

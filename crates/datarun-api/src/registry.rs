@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use datarun_domain::{RecordType, Role};
+use datarun_domain::{sensitivity, RecordType, Role};
 use datarun_schema::compat::{self, Compatibility};
 use datarun_store::{Actor, Deletion, Registration, Store};
 use serde::Deserialize;
@@ -191,14 +191,25 @@ pub async fn effective_compatibility(
         .unwrap_or_default())
 }
 
+/// Whether a registration may raise field sensitivity (`allowSensitive=true`,
+/// `--allow-sensitive`): a version that adds a `sensitive` field or puts a field's
+/// tag up is refused unless it says so, and the raises it was allowed are audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SensitivityRaises {
+    Refuse,
+    Allow,
+}
+
 /// Registers `definition` as `record_type`'s next version (or finds it registered):
-/// bounded, valid Avro, valid under datarun's annotations, and compatible under the
-/// record type's mode with its live versions; audited as `actor`.
+/// bounded, valid Avro, valid under datarun's annotations, compatible under the record
+/// type's mode with its live versions, and raising no field's sensitivity unless
+/// `raises` allows it; audited as `actor`.
 pub async fn register(
     store: &Store,
     actor: &str,
     record_type: &RecordType,
     definition: &str,
+    raises: SensitivityRaises,
 ) -> Result<Registration, RegistryError> {
     if definition.len() > datarun_schema::MAX_DEFINITION_BYTES {
         return Err(RegistryError::invalid_schema(format!(
@@ -207,8 +218,9 @@ pub async fn register(
             datarun_schema::MAX_DEFINITION_BYTES
         )));
     }
-    datarun_schema::RecordSchema::parse(record_type.clone(), 0, definition)
-        .map_err(RegistryError::invalid_schema)?;
+    let candidate = datarun_schema::RecordSchema::parse(record_type.clone(), 0, definition)
+        .map_err(RegistryError::invalid_schema)?
+        .sensitivities();
     let fingerprint = datarun_schema::fingerprint(definition);
     let department = datarun_domain::DepartmentId::parse(record_type.department_part())
         .map_err(|e| RegistryError::not_permitted(e.to_string()))?;
@@ -231,11 +243,26 @@ pub async fn register(
                     .collect();
                 let refusals = compat::check_definitions(mode, definition, &existing)
                     .map_err(RegistryError::invalid_schema)?;
-                if refusals.is_empty() {
-                    Ok(())
-                } else {
-                    Err(incompatible(mode, &refusals))
+                if !refusals.is_empty() {
+                    return Err(incompatible(mode, &refusals));
                 }
+                let previous = live
+                    .last()
+                    .map(|v| sensitivity::field_sensitivities(&v.definition))
+                    .transpose()
+                    .map_err(RegistryError::invalid_schema)?;
+                let raised = sensitivity::raises(previous.as_deref(), &candidate);
+                if raised.is_empty() {
+                    return Ok(Value::Null);
+                }
+                if raises == SensitivityRaises::Refuse {
+                    let details: Vec<String> = raised.iter().map(ToString::to_string).collect();
+                    return Err(RegistryError::not_permitted(format!(
+                        "the schema {}: register it with allowSensitive=true (datarun schema register --allow-sensitive) to accept this",
+                        details.join("; ")
+                    )));
+                }
+                Ok(json!({ "sensitivity_raised": raised }))
             },
         )
         .await?;
@@ -313,6 +340,9 @@ struct ListQuery {
     default_to_global: bool,
     #[serde(default, deserialize_with = "flag")]
     permanent: bool,
+    /// datarun's own: a registration may raise field sensitivity.
+    #[serde(default, deserialize_with = "flag")]
+    allow_sensitive: bool,
 }
 
 /// A boolean query parameter as Confluent's registry reads it: `true` in any case is
@@ -429,7 +459,30 @@ fn version_json(subject: &str, version: &datarun_store::SchemaVersion) -> Value 
         "id": version.schema_id,
         "version": version.version,
         "schema": version.definition,
+        "metadata": sensitivity_metadata(&version.definition),
     })
+}
+
+/// Each field's sensitivity as Confluent's schema metadata tags: the field's full path
+/// (`<namespace>.<Record>.<field>`) to its tag (`public`, `personal` or `sensitive`),
+/// so a client reads them without parsing datarun's attributes out of the schema.
+fn sensitivity_metadata(definition: &str) -> Value {
+    let Ok(fields) = sensitivity::field_sensitivities(definition) else {
+        return Value::Null;
+    };
+    let json: Value = serde_json::from_str(definition).unwrap_or_default();
+    let name = json.get("name").and_then(Value::as_str).unwrap_or_default();
+    let record = match json.get("namespace").and_then(Value::as_str) {
+        Some(namespace) if !namespace.is_empty() && !name.contains('.') => {
+            format!("{namespace}.{name}")
+        }
+        _ => name.to_owned(),
+    };
+    let tags: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|(field, tag)| (format!("{record}.{field}"), json!([tag.as_str()])))
+        .collect();
+    json!({ "tags": tags })
 }
 
 async fn list_subjects(
@@ -466,6 +519,7 @@ async fn register_version(
     State(state): State<ApiState>,
     caller: RegistryCaller,
     Path(subject): Path<String>,
+    RegistryQuery(query): RegistryQuery,
     body: axum::body::Bytes,
 ) -> Reply {
     caller.may_write()?;
@@ -477,8 +531,19 @@ async fn register_version(
         ))
     })?;
     let body = schema_body(&body)?;
-    let registration =
-        register(&state.store, &caller.0.actor_id, &record_type, &body.schema).await?;
+    let raises = if query.allow_sensitive {
+        SensitivityRaises::Allow
+    } else {
+        SensitivityRaises::Refuse
+    };
+    let registration = register(
+        &state.store,
+        &caller.0.actor_id,
+        &record_type,
+        &body.schema,
+        raises,
+    )
+    .await?;
     let (version, schema_id) = match registration {
         Registration::Added {
             version, schema_id, ..
@@ -624,7 +689,10 @@ async fn get_schema_by_id(
     caller.may_read()?;
     let id = schema_id(&id)?;
     match state.store.schema_by_id(id).await? {
-        Some(definition) => reply(json!({ "schema": definition })),
+        Some(definition) => reply(json!({
+            "schema": definition,
+            "metadata": sensitivity_metadata(&definition),
+        })),
         None => Err(schema_not_found(id)),
     }
 }

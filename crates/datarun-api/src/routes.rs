@@ -145,6 +145,7 @@ fn consent_json(consent: &Consent) -> Value {
         "caseworker": consent.caseworker,
         "record_types": consent.record_types,
         "fields": consent.fields,
+        "schema_versions": consent.schema_versions,
         "purpose": consent.purpose,
         "max_uses": consent.max_uses,
         "uses": consent.uses,

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::setup;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use datarun_api::registry::SensitivityRaises;
 use datarun_connector::{Connector, RunOptions};
 use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType, ResidentId, Role};
 use std::io::Write;
@@ -156,7 +157,13 @@ enum KeyCommand {
 #[derive(Debug, Subcommand)]
 enum SchemaCommand {
     /// Register schemas/<department>/<record>.v<N>.avsc.
-    Register { file: PathBuf },
+    Register {
+        file: PathBuf,
+        /// Accept a version that adds a sensitive field or raises a field's
+        /// sensitivity (the audit event lists what it raised).
+        #[arg(long)]
+        allow_sensitive: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,9 +357,18 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Schema(SchemaCommand::Register { file }) => {
+        Command::Schema(SchemaCommand::Register {
+            file,
+            allow_sensitive,
+        }) => {
             let store = app::open_store(&config).await?;
-            let (record_type, version) = setup::register_schema_file(&store, &file).await?;
+            let raises = if allow_sensitive {
+                SensitivityRaises::Allow
+            } else {
+                SensitivityRaises::Refuse
+            };
+            let (record_type, version) =
+                setup::register_schema_file(&store, &file, raises).await?;
             writeln!(out, "{record_type} version {version} registered")?;
             Ok(0)
         }

@@ -2,6 +2,7 @@
 //! `datarun up` runs it on every start; every step is idempotent.
 
 use anyhow::Context;
+use datarun_api::registry::SensitivityRaises;
 use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
 use datarun_store::Store;
 use std::path::{Path, PathBuf};
@@ -103,8 +104,13 @@ pub fn schema_identity(path: &Path) -> anyhow::Result<(RecordType, u32)> {
     Ok((record_type, version))
 }
 
-/// Registers one schema file after checking it parses with its annotations.
-pub async fn register_schema_file(store: &Store, path: &Path) -> anyhow::Result<(RecordType, u32)> {
+/// Registers one schema file after checking it parses with its annotations; `raises`
+/// says whether it may add sensitive fields or raise a field's sensitivity.
+pub async fn register_schema_file(
+    store: &Store,
+    path: &Path,
+    raises: SensitivityRaises,
+) -> anyhow::Result<(RecordType, u32)> {
     let (record_type, version) = schema_identity(path)?;
     let definition =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -125,7 +131,7 @@ pub async fn register_schema_file(store: &Store, path: &Path) -> anyhow::Result<
     );
     // The same path as the registry's REST API: compatibility, ids, audit.
     let registration =
-        datarun_api::registry::register(store, OPERATOR_CLI, &record_type, &definition)
+        datarun_api::registry::register(store, OPERATOR_CLI, &record_type, &definition, raises)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {} ({})", path.display(), e.message, e.error_code))?;
     let assigned = match registration {
@@ -206,8 +212,10 @@ pub async fn reference_world(
             .add_purpose(&PurposeCode::parse(code)?, description)
             .await?;
     }
+    // The schema directory is the operator's own declaration of each record type,
+    // sensitive fields included: `up` accepts its raises, and the audit lists them.
     for file in schema_files(schemas_dir)? {
-        register_schema_file(store, &file).await?;
+        register_schema_file(store, &file, SensitivityRaises::Allow).await?;
     }
     let health = DepartmentId::parse("health")?;
     let key_id = KeyId::parse("health-2026")?;

@@ -4,7 +4,9 @@
 //! inside one transaction.
 
 use crate::ids::{DepartmentId, PurposeCode, RecordType};
+use crate::sensitivity::Sensitivity;
 use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +46,9 @@ pub struct Consent {
     pub record_types: Vec<RecordType>,
     /// When set, only these payload fields are released.
     pub fields: Option<Vec<String>>,
+    /// The schema version of each record type the consent was granted against: fields
+    /// a later version adds are never released under it.
+    pub schema_versions: BTreeMap<String, u32>,
     pub purpose: PurposeCode,
     pub max_uses: u32,
     pub uses: u32,
@@ -141,18 +146,52 @@ impl Consent {
         Ok(())
     }
 
-    /// Keeps only the fields this consent releases.
+    /// Keeps only the fields this consent releases under `policy` (its record type's
+    /// fields as of the version it was granted against): a consent that names fields
+    /// releases those; one that does not releases every field but the sensitive ones.
     pub fn release_fields(
         &self,
         fields: serde_json::Map<String, serde_json::Value>,
+        policy: &ReleasePolicy,
     ) -> serde_json::Map<String, serde_json::Value> {
-        match &self.fields {
-            None => fields,
-            Some(allowed) => fields
-                .into_iter()
-                .filter(|(name, _)| allowed.iter().any(|a| a == name))
-                .collect(),
+        fields
+            .into_iter()
+            .filter(|(name, _)| match (policy.sensitivity(name), &self.fields) {
+                (None, _) => false,
+                (Some(_), Some(named)) => named.iter().any(|n| n == name),
+                (Some(sensitivity), None) => sensitivity < Sensitivity::Sensitive,
+            })
+            .collect()
+    }
+}
+
+/// The fields of a record type that a consent can release: those of the schema version
+/// it was granted against, each at the highest sensitivity any version since gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReleasePolicy {
+    fields: HashMap<String, Sensitivity>,
+}
+
+impl ReleasePolicy {
+    /// From the granted version's fields and those of every later version.
+    pub fn new<'a>(
+        granted: &[(String, Sensitivity)],
+        later: impl IntoIterator<Item = &'a [(String, Sensitivity)]>,
+    ) -> Self {
+        let mut fields: HashMap<String, Sensitivity> = granted.iter().cloned().collect();
+        for version in later {
+            for (name, sensitivity) in version {
+                if let Some(known) = fields.get_mut(name) {
+                    *known = (*known).max(*sensitivity);
+                }
+            }
         }
+        Self { fields }
+    }
+
+    /// The field's sensitivity, or none for a field the granted version did not have.
+    pub fn sensitivity(&self, field: &str) -> Option<Sensitivity> {
+        self.fields.get(field).copied()
     }
 }
 
@@ -174,6 +213,7 @@ mod tests {
             caseworker: None,
             record_types: vec![RecordType::parse("health.birth_certificate").unwrap()],
             fields: None,
+            schema_versions: BTreeMap::from([("health.birth_certificate".into(), 1)]),
             purpose: PurposeCode::parse("household_registration").unwrap(),
             max_uses: 1,
             uses: 0,
@@ -313,17 +353,85 @@ mod tests {
         assert_eq!(refusal.to_string(), "the consent is used up (1 of 1 uses)");
     }
 
+    fn fields(names: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), "x".into()))
+            .collect()
+    }
+
+    fn released(consent: &Consent, policy: &ReleasePolicy, stored: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = consent
+            .release_fields(fields(stored), policy)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn field_release_keeps_only_consented_fields() {
-        let mut fields = serde_json::Map::new();
-        fields.insert("child_name".into(), "A".into());
-        fields.insert("mother_id_number".into(), "B".into());
+        let policy = ReleasePolicy::new(
+            &[
+                ("child_name".into(), Sensitivity::Personal),
+                ("mother_id_number".into(), Sensitivity::Personal),
+            ],
+            [],
+        );
         let limited = Consent {
             fields: Some(vec!["child_name".into()]),
             ..consent()
         };
-        let released = limited.release_fields(fields.clone());
-        assert_eq!(released.keys().collect::<Vec<_>>(), vec!["child_name"]);
-        assert_eq!(consent().release_fields(fields).len(), 2);
+        let stored = ["child_name", "mother_id_number"];
+        assert_eq!(released(&limited, &policy, &stored), vec!["child_name"]);
+        assert_eq!(released(&consent(), &policy, &stored).len(), 2);
+    }
+
+    #[test]
+    fn sensitive_fields_need_a_consent_that_names_them() {
+        let policy = ReleasePolicy::new(
+            &[
+                ("child_name".into(), Sensitivity::Personal),
+                ("birth_weight_grams".into(), Sensitivity::Sensitive),
+            ],
+            [],
+        );
+        let stored = ["child_name", "birth_weight_grams"];
+        assert_eq!(released(&consent(), &policy, &stored), vec!["child_name"]);
+        let naming = Consent {
+            fields: Some(vec!["birth_weight_grams".into()]),
+            ..consent()
+        };
+        assert_eq!(
+            released(&naming, &policy, &stored),
+            vec!["birth_weight_grams"]
+        );
+    }
+
+    #[test]
+    fn fields_added_after_the_grant_are_never_released() {
+        let granted = vec![("child_name".to_owned(), Sensitivity::Personal)];
+        let later = vec![
+            ("child_name".to_owned(), Sensitivity::Personal),
+            ("blood_type".to_owned(), Sensitivity::Personal),
+        ];
+        let policy = ReleasePolicy::new(&granted, [later.as_slice()]);
+        let stored = ["child_name", "blood_type"];
+        assert_eq!(released(&consent(), &policy, &stored), vec!["child_name"]);
+        // Not even when the consent names the field: it did not exist when granted.
+        let naming = Consent {
+            fields: Some(vec!["child_name".into(), "blood_type".into()]),
+            ..consent()
+        };
+        assert_eq!(released(&naming, &policy, &stored), vec!["child_name"]);
+    }
+
+    #[test]
+    fn a_sensitivity_raised_after_the_grant_holds_back_the_field() {
+        let granted = vec![("diagnosis".to_owned(), Sensitivity::Personal)];
+        let later = vec![("diagnosis".to_owned(), Sensitivity::Sensitive)];
+        let policy = ReleasePolicy::new(&granted, [later.as_slice()]);
+        assert!(released(&consent(), &policy, &["diagnosis"]).is_empty());
     }
 }

@@ -10,16 +10,18 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod reason;
+pub mod sensitivity;
 pub mod token;
 pub mod trust;
 pub mod versions;
 
 pub use audit::{pseudonym, AuditEvent, AuditHash, ChainBreak, ChainVerifier};
-pub use consent::{Consent, ConsentStatus, LookupRefusal, LookupRequest};
+pub use consent::{Consent, ConsentStatus, LookupRefusal, LookupRequest, ReleasePolicy};
 pub use envelope::{RecordEnvelope, SignedRecord};
 pub use ids::{
     CertificateId, CreditCode, DepartmentId, IdError, KeyId, PurposeCode, RecordId, RecordType,
     ResidentId,
 };
 pub use reason::{RejectReason, Rejection};
+pub use sensitivity::Sensitivity;
 pub use token::{Role, TokenHash};

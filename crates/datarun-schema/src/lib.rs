@@ -10,7 +10,10 @@ pub mod compat;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use datarun_domain::date::CivilDate;
-use datarun_domain::{CertificateId, CreditCode, RecordType, RejectReason, Rejection, ResidentId};
+use datarun_domain::sensitivity::FieldSensitivities;
+use datarun_domain::{
+    CertificateId, CreditCode, RecordType, RejectReason, Rejection, ResidentId, Sensitivity,
+};
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
 
@@ -92,8 +95,8 @@ pub struct FieldSpec {
     pub identifier: Option<IdentifierKind>,
     pub role: Option<FieldRole>,
     pub not_in_future: bool,
-    /// `personal`, `health`, … — absent means not sensitive.
-    pub sensitivity: Option<String>,
+    /// From `datarun.sensitivity`; `personal` when the field does not say.
+    pub sensitivity: Sensitivity,
 }
 
 /// A payload that passed every rule, rendered as JSON for storage and release.
@@ -225,10 +228,8 @@ impl RecordSchema {
                 Some("not_in_future") => true,
                 Some(other) => return Err(field_error(&name, format!("unknown rule {other}"))),
             };
-            let sensitivity = raw
-                .get("datarun.sensitivity")
-                .and_then(Json::as_str)
-                .map(str::to_owned);
+            let sensitivity =
+                Sensitivity::of_field(raw).map_err(|message| field_error(&name, message))?;
             fields.push(FieldSpec {
                 name,
                 kind,
@@ -257,6 +258,14 @@ impl RecordSchema {
 
     pub fn fields(&self) -> &[FieldSpec] {
         &self.fields
+    }
+
+    /// Each top-level field's name and sensitivity, in schema order.
+    pub fn sensitivities(&self) -> FieldSensitivities {
+        self.fields
+            .iter()
+            .map(|f| (f.name.clone(), f.sensitivity))
+            .collect()
     }
 
     /// The first top-level field whose bytes do not decode, for a payload that does

@@ -3,6 +3,7 @@
 //! a one-use consent cannot both succeed and no access goes unaudited.
 
 use crate::audit::{append, insert_event, lock_head, reserve, set_head, NewAuditEvent};
+use crate::schemas::{latest_live_version, version_at, versions_from};
 use crate::{
     integer, now_millis, on_pool, on_tx, optional_text, random_id, text, Actor, Result, RowExt,
     Store, StoreError, WriteTransaction,
@@ -11,10 +12,15 @@ use datarun_domain::consent::{MAX_CONSENT_MILLIS, MAX_CONSENT_USES};
 use datarun_domain::date::CivilDate;
 use datarun_domain::{
     AuditEvent, Consent, ConsentStatus, DepartmentId, LookupRefusal, LookupRequest, PurposeCode,
-    RecordType, ResidentId,
+    RecordType, ReleasePolicy, ResidentId,
 };
 use serde::Serialize;
 use serde_json::json;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// The release policies a lookup batch has read, by record type and granted version.
+type Policies = HashMap<(String, u32), Arc<ReleasePolicy>>;
 
 /// A citizen's grant, as asked for.
 #[derive(Debug, Clone)]
@@ -57,7 +63,7 @@ pub enum LookupOutcome {
 /// The age under which a guardian named on a certificate may consent for its subject.
 const AGE_OF_MAJORITY: i32 = 18;
 
-const CONSENT_COLUMNS: &str = "consent_id, subject_id, granted_by, requester_department, caseworker_id, record_types, fields_json, purpose_code, max_uses, uses, status, expires_at, granted_at";
+const CONSENT_COLUMNS: &str = "consent_id, subject_id, granted_by, requester_department, caseworker_id, record_types, fields_json, purpose_code, max_uses, uses, status, expires_at, granted_at, schema_versions";
 
 fn consent_from_row(row: &impl RowExt) -> Result<Consent> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("consent {what}"));
@@ -70,6 +76,12 @@ fn consent_from_row(row: &impl RowExt) -> Result<Consent> {
         .map(|f| serde_json::from_str::<Vec<String>>(&f))
         .transpose()
         .map_err(|_| corrupt("fields"))?;
+    // None recorded (granted before migration 0006): resolved by grant time on use.
+    let schema_versions = optional_text(row, "schema_versions")?
+        .map(|v| serde_json::from_str::<BTreeMap<String, u32>>(&v))
+        .transpose()
+        .map_err(|_| corrupt("schema versions"))?
+        .unwrap_or_default();
     Ok(Consent {
         consent_id: text(row, "consent_id")?,
         subject: text(row, "subject_id")?,
@@ -79,6 +91,7 @@ fn consent_from_row(row: &impl RowExt) -> Result<Consent> {
         caseworker: optional_text(row, "caseworker_id")?,
         record_types,
         fields,
+        schema_versions,
         purpose: PurposeCode::parse(&text(row, "purpose_code")?).map_err(|_| corrupt("purpose"))?,
         max_uses: integer(row, "max_uses")? as u32,
         uses: integer(row, "uses")? as u32,
@@ -101,6 +114,50 @@ async fn load_consent(tx: &mut WriteTransaction, consent_id: &str) -> Result<Opt
 }
 
 impl Store {
+    /// What `consent` can release of `record_type`: the fields of the version it was
+    /// granted against, at the highest sensitivity any version since gave them.
+    async fn release_policy(
+        &self,
+        tx: &mut WriteTransaction,
+        consent: &Consent,
+        record_type: &RecordType,
+        policies: &mut Policies,
+    ) -> Result<Arc<ReleasePolicy>> {
+        let granted = match consent.schema_versions.get(record_type.as_str()) {
+            Some(version) => Some(*version),
+            None => version_at(tx, record_type.as_str(), consent.granted_at_millis).await?,
+        };
+        let Some(granted) = granted else {
+            return Ok(Arc::default());
+        };
+        let key = (record_type.as_str().to_owned(), granted);
+        if let Some(policy) = policies.get(&key) {
+            return Ok(policy.clone());
+        }
+        let mut versions = Vec::new();
+        for version in versions_from(tx, record_type.as_str(), granted).await? {
+            if let Some(fields) = self
+                .version_fields
+                .fields(tx, record_type.as_str(), version)
+                .await?
+            {
+                versions.push((version, fields));
+            }
+        }
+        let policy = match versions.iter().find(|(v, _)| *v == granted) {
+            Some((_, granted_fields)) => Arc::new(ReleasePolicy::new(
+                granted_fields,
+                versions
+                    .iter()
+                    .filter(|(v, _)| *v > granted)
+                    .map(|(_, fields)| fields.as_slice()),
+            )),
+            None => Arc::default(),
+        };
+        policies.insert(key, policy.clone());
+        Ok(policy)
+    }
+
     /// The audit event for a change to `consent` made by `actor`.
     fn consent_event(
         &self,
@@ -170,6 +227,39 @@ impl Store {
                 ));
             }
         }
+        let mut tx = self.begin_write().await?;
+        // Granted against each record type's newest version: its fields are the most
+        // the consent can ever release, and the fields it names must be among them.
+        let mut schema_versions = BTreeMap::new();
+        let mut known_fields = HashSet::new();
+        for record_type in &grant.record_types {
+            let fields = match latest_live_version(&mut tx, record_type.as_str()).await? {
+                Some(version) => {
+                    schema_versions.insert(record_type.to_string(), version);
+                    self.version_fields
+                        .fields(&mut tx, record_type.as_str(), version)
+                        .await?
+                }
+                None => None,
+            };
+            let Some(fields) = fields else {
+                return Err(StoreError::Invalid(format!(
+                    "record type {record_type} has no registered schema"
+                )));
+            };
+            known_fields.extend(fields.iter().map(|(name, _)| name.clone()));
+        }
+        if let Some(unknown) = grant
+            .fields
+            .iter()
+            .flatten()
+            .find(|field| !known_fields.contains(*field))
+        {
+            return Err(StoreError::Invalid(format!(
+                "field {} is not a field of the consented record types",
+                unknown.chars().take(64).collect::<String>()
+            )));
+        }
         let consent = Consent {
             consent_id: random_id("consent")?,
             subject: grant.subject.as_str().to_owned(),
@@ -178,6 +268,7 @@ impl Store {
             caseworker: grant.caseworker,
             record_types: grant.record_types,
             fields: grant.fields,
+            schema_versions,
             purpose: grant.purpose,
             max_uses: grant.max_uses,
             uses: 0,
@@ -185,10 +276,9 @@ impl Store {
             expires_at_millis: grant.expires_at_millis,
             granted_at_millis: now,
         };
-        let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
         let sql = format!(
-            "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         );
         let record_types = consent
             .record_types
@@ -212,6 +302,7 @@ impl Store {
                 .bind(consent.status.as_str())
                 .bind(consent.expires_at_millis)
                 .bind(consent.granted_at_millis)
+                .bind(json!(consent.schema_versions).to_string())
                 .execute(&mut *conn)
                 .await?;
         });
@@ -224,6 +315,7 @@ impl Store {
                 &consent,
                 json!({
                     "record_types": consent.record_types,
+                    "schema_versions": consent.schema_versions,
                     "max_uses": consent.max_uses,
                     "expires_at_millis": consent.expires_at_millis,
                     "by_guardian": consent.granted_by != consent.subject,
@@ -350,8 +442,13 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let (mut seq, mut hash) = lock_head(&mut tx).await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // Release policies are read once per batch: the registry cannot change under
+        // the transaction's view of it.
+        let mut policies = Policies::new();
         for job in jobs {
-            let (outcome, event) = self.lookup_in(&mut tx, job, seq + 1, &hash).await?;
+            let (outcome, event) = self
+                .lookup_in(&mut tx, job, seq + 1, &hash, &mut policies)
+                .await?;
             seq = event.seq;
             hash = event.hash;
             outcomes.push(outcome);
@@ -368,6 +465,7 @@ impl Store {
         job: &LookupJob,
         seq: i64,
         prev_hash: &str,
+        policies: &mut Policies,
     ) -> Result<(LookupOutcome, AuditEvent)> {
         let LookupJob {
             caseworker,
@@ -458,10 +556,13 @@ impl Store {
                         })
                         .collect::<Result<Vec<_>>>()?
                 });
+                let policy = self
+                    .release_policy(tx, &consent, record_type, policies)
+                    .await?;
                 let certificates: Vec<ReleasedCertificate> = current
                     .into_iter()
                     .map(|certificate| ReleasedCertificate {
-                        fields: consent.release_fields(certificate.fields),
+                        fields: consent.release_fields(certificate.fields, &policy),
                         ..certificate
                     })
                     .collect();

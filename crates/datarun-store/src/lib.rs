@@ -153,6 +153,11 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                     include_str!("../migrations/0004_unread_index.sql"),
                 ),
                 registry,
+                migration(
+                    6,
+                    "consent schema versions",
+                    include_str!("../migrations/0006_consent_schema_versions.sql"),
+                ),
             ])
         })
     }
@@ -202,6 +207,9 @@ pub struct Store {
     /// The queue of the lookup worker, started on the first lookup.
     lookup_queue:
         std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<consents::LookupJob>>>,
+    /// Each schema version's fields and their sensitivity, read once: a version's
+    /// definition never changes.
+    version_fields: schemas::VersionFieldCache,
 }
 
 /// Unix milliseconds now.
@@ -245,6 +253,7 @@ impl Store {
             pseudonym_key: std::sync::Arc::new(pseudonym_key),
             sqlite_writer: std::sync::Arc::default(),
             lookup_queue: std::sync::Arc::default(),
+            version_fields: schemas::VersionFieldCache::default(),
         };
         store.check_pseudonym_key().await?;
         Ok(store)

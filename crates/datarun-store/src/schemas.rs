@@ -10,6 +10,9 @@ use crate::{
     integer, now_millis, on_pool, on_tx, optional_integer, text, Result, RowExt, Store,
     WriteTransaction,
 };
+use datarun_domain::sensitivity::{field_sensitivities, FieldSensitivities};
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Ids and versions are assigned as max + 1, so registry writes go one at a time:
 /// SQLite's writer lock already serialises them; PostgreSQL takes a table lock.
@@ -123,15 +126,15 @@ impl Store {
     /// Registers `definition` (whose fingerprint the caller computed) as the record
     /// type's next version, unless it is already a live version of it. `admit` sees the
     /// live versions, oldest first, inside the transaction, and refuses by returning
-    /// `Err`. `expected_version`, when given, must be the version assigned (a schema
-    /// file names its version).
+    /// `Err`; what it returns on admission is added to the audit event's detail (e.g.
+    /// the sensitivity raises accepted with the version).
     pub async fn register_schema_version<E>(
         &self,
         actor: &str,
         record_type: &str,
         definition: &str,
         fingerprint: [u8; 32],
-        admit: impl FnOnce(&[SchemaVersion]) -> std::result::Result<(), E>,
+        admit: impl FnOnce(&[SchemaVersion]) -> std::result::Result<serde_json::Value, E>,
     ) -> Result<std::result::Result<Registration, E>> {
         let mut tx = self.begin_write().await?;
         lock_registry(&mut tx).await?;
@@ -173,9 +176,10 @@ impl Store {
             .filter(|(v, _)| !v.deleted)
             .map(|(v, _)| v.clone())
             .collect();
-        if let Err(refusal) = admit(&live) {
-            return Ok(Err(refusal));
-        }
+        let admitted = match admit(&live) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
         let version = versions.last().map_or(1, |(v, _)| v.version + 1);
         let now = now_millis();
         let (schema_id, new_schema) = schema_id_for(&mut tx, &fingerprint, definition, now).await?;
@@ -192,15 +196,18 @@ impl Store {
             .execute(&mut *conn)
             .await?;
         });
-        audit_change(
-            &mut tx,
-            actor,
-            "schema_registered",
-            serde_json::json!({
+        audit_change(&mut tx, actor, "schema_registered", {
+            let mut detail = serde_json::json!({
                 "record_type": record_type, "version": version, "schema_id": schema_id,
                 "new_schema": new_schema,
-            }),
-        )
+            });
+            if let (Some(detail), serde_json::Value::Object(admitted)) =
+                (detail.as_object_mut(), admitted)
+            {
+                detail.extend(admitted);
+            }
+            detail
+        })
         .await?;
         tx.commit().await?;
         Ok(Ok(Registration::Added {
@@ -504,5 +511,120 @@ fn schema_version<R: RowExt>(row: &R) -> Result<SchemaVersion> {
         schema_id: row.integer("schema_id")?,
         definition: row.text("definition")?,
         deleted: row.optional_integer("deleted_at")?.is_some(),
+    })
+}
+
+/// Each schema version's fields and their sensitivity, keyed by record type and version.
+type VersionFields = HashMap<(String, u32), Arc<FieldSensitivities>>;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VersionFieldCache(Arc<RwLock<VersionFields>>);
+
+impl VersionFieldCache {
+    /// The fields of `record_type` version `version`, read inside `tx` the first time;
+    /// none when the version is not registered.
+    pub(crate) async fn fields(
+        &self,
+        tx: &mut WriteTransaction,
+        record_type: &str,
+        version: u32,
+    ) -> Result<Option<Arc<FieldSensitivities>>> {
+        let key = (record_type.to_owned(), version);
+        let cached = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(found) = cached {
+            return Ok(Some(found));
+        }
+        let definition = on_tx!(tx, |conn| {
+            let row = sqlx::query(
+                "SELECT definition FROM record_schemas WHERE record_type = $1 AND schema_version = $2",
+            )
+            .bind(record_type)
+            .bind(i64::from(version))
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.map(|row| text(&row, "definition")).transpose()?
+        });
+        let Some(definition) = definition else {
+            return Ok(None);
+        };
+        let fields = field_sensitivities(&definition).map_err(|message| {
+            crate::StoreError::Corrupt(format!("{record_type} version {version}: {message}"))
+        })?;
+        let fields = Arc::new(fields);
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, fields.clone());
+        Ok(Some(fields))
+    }
+}
+
+/// The newest live version of `record_type`: what a consent granted now is granted
+/// against.
+pub(crate) async fn latest_live_version(
+    tx: &mut WriteTransaction,
+    record_type: &str,
+) -> Result<Option<u32>> {
+    on_tx!(tx, |conn| {
+        let row = sqlx::query(
+            "SELECT MAX(schema_version) AS version FROM record_schemas
+             WHERE record_type = $1 AND deleted_at IS NULL",
+        )
+        .bind(record_type)
+        .fetch_one(&mut *conn)
+        .await?;
+        optional_integer(&row, "version")?
+            .map(version_number)
+            .transpose()
+    })
+}
+
+/// The version a consent granted at `granted_at` (before consents recorded theirs) was
+/// granted against: the newest registered by then, else the first.
+pub(crate) async fn version_at(
+    tx: &mut WriteTransaction,
+    record_type: &str,
+    granted_at: i64,
+) -> Result<Option<u32>> {
+    on_tx!(tx, |conn| {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(CASE WHEN registered_at <= $2 THEN schema_version END), MIN(schema_version))
+                 AS version
+             FROM record_schemas WHERE record_type = $1",
+        )
+        .bind(record_type)
+        .bind(granted_at)
+        .fetch_one(&mut *conn)
+        .await?;
+        optional_integer(&row, "version")?
+            .map(version_number)
+            .transpose()
+    })
+}
+
+/// The versions of `record_type` from `version` on (deleted ones too: a deleted
+/// version's tags still held while records were written with it).
+pub(crate) async fn versions_from(
+    tx: &mut WriteTransaction,
+    record_type: &str,
+    version: u32,
+) -> Result<Vec<u32>> {
+    on_tx!(tx, |conn| {
+        let rows = sqlx::query(
+            "SELECT schema_version FROM record_schemas
+             WHERE record_type = $1 AND schema_version >= $2 ORDER BY schema_version",
+        )
+        .bind(record_type)
+        .bind(i64::from(version))
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| version_number(integer(row, "schema_version")?))
+            .collect::<Result<Vec<_>>>()
     })
 }
