@@ -649,6 +649,11 @@ async fn confluent_serializer_output_is_stored_and_deserializes() {
         "department": "health",
         "record_type": "health.birth_certificate",
         "records": records,
+        // Read back as a newer compatible version would: the field it adds has its default.
+        "reader_schema": with_field(
+            &serde_json::from_str(&connector.schema.definition).unwrap(),
+            json!({"name": "remarks", "type": ["null", "string"], "default": null}),
+        ),
     });
     let out = crate::harness::run_python("serde_roundtrip.py", &job);
     let seen: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -678,9 +683,11 @@ async fn confluent_serializer_output_is_stored_and_deserializes() {
             .find(|r| r["record_id"] == entry["record_id"])
             .unwrap();
         assert_eq!(entry["schema_id"], json!(versions[0].schema_id), "{entry}");
+        let mut resolved = sent["fields"].clone();
+        resolved["remarks"] = Value::Null;
         assert_eq!(
-            entry["fields"], sent["fields"],
-            "the deserializer reads what was sent"
+            entry["fields"], resolved,
+            "the deserializer reads what was sent, resolved to the reader's version"
         );
     }
     hub.running.stop().await;
@@ -944,6 +951,25 @@ async fn sensitivity_travels_with_the_schema(db: Db) {
     let names = released(&new_consent).await;
     assert!(names.contains(&"blood_type".to_owned()), "{names:?}");
     assert!(!names.contains(&"diagnosis".to_owned()), "{names:?}");
+    // A certificate still at version 1 reads as version 2 does for a consent granted
+    // against it: the field it lacks has its default.
+    let other_child = rows[1]["baby_id_no"].clone();
+    let other_mother = env.citizen_token(&rows[1]["mother_id_no"]).await;
+    let mut other_grant = grant(None);
+    other_grant["subject"] = json!(other_child);
+    let (status, other_consent) = hub.post("/v1/consents", &other_mother, other_grant).await;
+    assert_eq!(status, 201, "{other_consent}");
+    let (status, body) = hub
+        .post(
+            "/v1/lookups",
+            &caseworker,
+            json!({"consent_id": other_consent["consent_id"], "subject": other_child, "record_type": "health.birth_certificate"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let fields = &body["certificates"][0]["fields"];
+    assert_eq!(fields.get("blood_type"), Some(&Value::Null), "{fields}");
+    assert!(fields.get("diagnosis").is_none(), "{fields}");
     // A consent that names the sensitive field releases it, and only what it names.
     let (_, naming) = hub
         .post(

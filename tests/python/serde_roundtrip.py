@@ -7,7 +7,8 @@ suite.
 
 Reads a JSON job on stdin:
   {"bootstrap", "topic", "registry_url", "token", "key_file", "key_id", "department",
-   "record_type", "records": [{"record_id", "subject", "fields": {...}}]}
+   "record_type", "records": [{"record_id", "subject", "fields": {...}}],
+   "reader_schema": optional, the schema to read back with (default: the writer's)}
 Dates in "fields" are ISO strings (YYYY-MM-DD); they are sent as Avro dates.
 Prints {"published": n, "read_back": [{"record_id", "schema_id", "fields"}]}.
 """
@@ -94,7 +95,9 @@ def main() -> int:
         print(json.dumps({"failures": failures}))
         return 1
 
-    deserializer = AvroDeserializer(registry)
+    # A reader of a newer version (job["reader_schema"]) gets older records resolved to
+    # it: the writer's schema comes from the registry by the id in the value.
+    deserializer = AvroDeserializer(registry, schema_str=job.get("reader_schema"))
     consumer = Consumer({
         "bootstrap.servers": job["bootstrap"],
         "group.id": f"python-reader-{time.time_ns()}",

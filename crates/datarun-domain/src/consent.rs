@@ -151,9 +151,16 @@ impl Consent {
     /// releases those; one that does not releases every field but the sensitive ones.
     pub fn release_fields(
         &self,
-        fields: serde_json::Map<String, serde_json::Value>,
+        mut fields: serde_json::Map<String, serde_json::Value>,
         policy: &ReleasePolicy,
     ) -> serde_json::Map<String, serde_json::Value> {
+        // A record written before its granted version reads as that version reads it:
+        // a field it lacks takes the field's default.
+        for (name, default) in &policy.defaults {
+            if !fields.contains_key(name) {
+                fields.insert(name.clone(), default.clone());
+            }
+        }
         fields
             .into_iter()
             .filter(|(name, _)| match (policy.sensitivity(name), &self.fields) {
@@ -170,6 +177,8 @@ impl Consent {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReleasePolicy {
     fields: HashMap<String, Sensitivity>,
+    /// The granted version's defaults, for records written before a field existed.
+    defaults: Vec<(String, serde_json::Value)>,
 }
 
 impl ReleasePolicy {
@@ -186,7 +195,16 @@ impl ReleasePolicy {
                 }
             }
         }
-        Self { fields }
+        Self {
+            fields,
+            defaults: Vec::new(),
+        }
+    }
+
+    /// With the granted version's field defaults (`sensitivity::field_defaults`).
+    pub fn with_defaults(mut self, defaults: Vec<(String, serde_json::Value)>) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     /// The field's sensitivity, or none for a field the granted version did not have.
@@ -425,6 +443,30 @@ mod tests {
             ..consent()
         };
         assert_eq!(released(&naming, &policy, &stored), vec!["child_name"]);
+    }
+
+    #[test]
+    fn records_older_than_the_granted_version_read_with_its_defaults() {
+        let granted = vec![
+            ("child_name".to_owned(), Sensitivity::Personal),
+            ("blood_type".to_owned(), Sensitivity::Personal),
+            ("diagnosis".to_owned(), Sensitivity::Sensitive),
+        ];
+        let policy = ReleasePolicy::new(&granted, []).with_defaults(vec![
+            ("blood_type".into(), serde_json::Value::Null),
+            ("diagnosis".into(), serde_json::Value::Null),
+        ]);
+        let mut old_record = fields(&["child_name"]);
+        old_record.insert("child_name".into(), "A".into());
+        let released = consent().release_fields(old_record, &policy);
+        assert_eq!(released["blood_type"], serde_json::Value::Null);
+        assert!(
+            !released.contains_key("diagnosis"),
+            "a default is released by the same rules"
+        );
+        // A value the record has is never replaced by the default.
+        let newer = fields(&["child_name", "blood_type"]);
+        assert_eq!(consent().release_fields(newer, &policy)["blood_type"], "x");
     }
 
     #[test]

@@ -90,6 +90,39 @@ pub fn field_sensitivities(definition: &str) -> Result<FieldSensitivities, Strin
         .collect()
 }
 
+/// The defaults of a record schema definition's top-level fields that have one, as a
+/// reader of that version sees a record written before the field existed (Avro's
+/// schema resolution): a `date` field's default (days since 1970) reads as its ISO date,
+/// as stored fields are; any other default as written.
+pub fn field_defaults(definition: &str) -> Result<Vec<(String, Value)>, String> {
+    let json: Value =
+        serde_json::from_str(definition).map_err(|e| format!("schema is not JSON: {e}"))?;
+    let fields = json
+        .get("fields")
+        .and_then(Value::as_array)
+        .ok_or("schema is not a record with fields")?;
+    Ok(fields
+        .iter()
+        .filter_map(|field| {
+            let name = field.get("name")?.as_str()?;
+            let default = field.get("default")?;
+            let is_date = |t: &Value| t.get("logicalType").and_then(Value::as_str) == Some("date");
+            let date = match field.get("type") {
+                Some(Value::Array(variants)) => variants.first().is_some_and(is_date),
+                Some(other) => is_date(other),
+                None => false,
+            };
+            let value = match default.as_i64() {
+                Some(days) if date => {
+                    Value::String(crate::date::CivilDate::from_days_since_epoch(days).to_string())
+                }
+                _ => default.clone(),
+            };
+            Some((name.to_owned(), value))
+        })
+        .collect())
+}
+
 /// What a new schema version raises: a field it adds as `sensitive`, or one whose
 /// sensitivity it puts up. Registering a raise must be accepted explicitly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,6 +208,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("must be a string"));
+    }
+
+    #[test]
+    fn defaults_read_as_stored_fields_are() {
+        let defaults = field_defaults(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":"string"},
+                {"name":"b","type":["null","string"],"default":null},
+                {"name":"c","type":"int","default":7},
+                {"name":"d","type":{"type":"int","logicalType":"date"},"default":0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            defaults,
+            vec![
+                ("b".to_owned(), Value::Null),
+                ("c".to_owned(), serde_json::json!(7)),
+                ("d".to_owned(), serde_json::json!("1970-01-01")),
+            ]
+        );
     }
 
     #[test]

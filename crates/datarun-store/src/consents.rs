@@ -145,13 +145,16 @@ impl Store {
             }
         }
         let policy = match versions.iter().find(|(v, _)| *v == granted) {
-            Some((_, granted_fields)) => Arc::new(ReleasePolicy::new(
-                granted_fields,
-                versions
-                    .iter()
-                    .filter(|(v, _)| *v > granted)
-                    .map(|(_, fields)| fields.as_slice()),
-            )),
+            Some((_, granted_fields)) => Arc::new(
+                ReleasePolicy::new(
+                    &granted_fields.sensitivities,
+                    versions
+                        .iter()
+                        .filter(|(v, _)| *v > granted)
+                        .map(|(_, fields)| fields.sensitivities.as_slice()),
+                )
+                .with_defaults(granted_fields.defaults.clone()),
+            ),
             None => Arc::default(),
         };
         policies.insert(key, policy.clone());
@@ -247,7 +250,7 @@ impl Store {
                     "record type {record_type} has no registered schema"
                 )));
             };
-            known_fields.extend(fields.iter().map(|(name, _)| name.clone()));
+            known_fields.extend(fields.sensitivities.iter().map(|(name, _)| name.clone()));
         }
         if let Some(unknown) = grant
             .fields

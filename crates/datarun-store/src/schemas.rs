@@ -10,7 +10,7 @@ use crate::{
     integer, now_millis, on_pool, on_tx, optional_integer, text, Result, RowExt, Store,
     WriteTransaction,
 };
-use datarun_domain::sensitivity::{field_sensitivities, FieldSensitivities};
+use datarun_domain::sensitivity::{field_defaults, field_sensitivities, FieldSensitivities};
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -514,11 +514,18 @@ fn schema_version<R: RowExt>(row: &R) -> Result<SchemaVersion> {
     })
 }
 
-/// Each schema version's fields and their sensitivity, keyed by record type and version.
-type VersionFields = HashMap<(String, u32), Arc<FieldSensitivities>>;
+/// What the lookup side reads of one schema version: its fields' tags and defaults.
+#[derive(Debug)]
+pub(crate) struct VersionFields {
+    pub sensitivities: FieldSensitivities,
+    pub defaults: Vec<(String, serde_json::Value)>,
+}
+
+/// Each schema version's fields, keyed by record type and version.
+type VersionFieldMap = HashMap<(String, u32), Arc<VersionFields>>;
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct VersionFieldCache(Arc<RwLock<VersionFields>>);
+pub(crate) struct VersionFieldCache(Arc<RwLock<VersionFieldMap>>);
 
 impl VersionFieldCache {
     /// The fields of `record_type` version `version`, read inside `tx` the first time;
@@ -528,7 +535,7 @@ impl VersionFieldCache {
         tx: &mut WriteTransaction,
         record_type: &str,
         version: u32,
-    ) -> Result<Option<Arc<FieldSensitivities>>> {
+    ) -> Result<Option<Arc<VersionFields>>> {
         let key = (record_type.to_owned(), version);
         let cached = self
             .0
@@ -552,10 +559,13 @@ impl VersionFieldCache {
         let Some(definition) = definition else {
             return Ok(None);
         };
-        let fields = field_sensitivities(&definition).map_err(|message| {
+        let corrupt = |message: String| {
             crate::StoreError::Corrupt(format!("{record_type} version {version}: {message}"))
-        })?;
-        let fields = Arc::new(fields);
+        };
+        let fields = Arc::new(VersionFields {
+            sensitivities: field_sensitivities(&definition).map_err(corrupt)?,
+            defaults: field_defaults(&definition).map_err(corrupt)?,
+        });
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
