@@ -1,12 +1,20 @@
 //! Tamper evidence: change or delete one audit row straight in the SQLite file and
 //! `datarun audit verify` fails, naming the first bad event.
 
-use crate::harness::{Broker, Db, TestEnv};
+use crate::harness::{repo_root, Broker, Db, TestEnv};
 use serde_json::json;
 
+/// How many schema registrations `datarun up` audits before anything else: one per
+/// schema file.
+pub fn setup_events() -> usize {
+    datarun_cli::setup::schema_files(&repo_root().join("schemas"))
+        .unwrap()
+        .len()
+}
+
 /// Three citizens each grant a consent for themselves: three audit events, after the
-/// schema registration `datarun up` audited.
-async fn env_with_three_events() -> TestEnv {
+/// schema registrations `datarun up` audited. Returns the number of events.
+async fn env_with_three_events() -> (TestEnv, usize) {
     let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
     let hub = env.start().await;
     for resident in [
@@ -24,9 +32,13 @@ async fn env_with_three_events() -> TestEnv {
     }
     hub.running.stop().await;
     let (code, out) = env.cli(&["audit", "verify"]).await;
-    // `datarun up`'s registration of the birth certificate schema is event 1.
-    assert_eq!((code, out.trim()), (0, "audit log intact: 4 events"));
-    env
+    // `datarun up`'s schema registrations come first.
+    let events = setup_events() + 3;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("audit log intact: {events} events").as_str())
+    );
+    (env, events)
 }
 
 fn sqlite(env: &TestEnv, statement: &str) {
@@ -46,7 +58,7 @@ fn sqlite(env: &TestEnv, statement: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn altering_one_audit_row_is_detected_and_named() {
-    let env = env_with_three_events().await;
+    let (env, _) = env_with_three_events().await;
     sqlite(
         &env,
         "UPDATE audit_events SET department_id = 'tax' WHERE seq = 2",
@@ -59,8 +71,11 @@ async fn altering_one_audit_row_is_detected_and_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_audit_rows_is_detected() {
-    let env = env_with_three_events().await;
-    sqlite(&env, "DELETE FROM audit_events WHERE seq = 4");
+    let (env, events) = env_with_three_events().await;
+    sqlite(
+        &env,
+        &format!("DELETE FROM audit_events WHERE seq = {events}"),
+    );
     let (code, out) = env.cli(&["audit", "verify"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("events deleted at the end"), "{out}");

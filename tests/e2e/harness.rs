@@ -144,11 +144,17 @@ start_local = false
         std::fs::write(&config_file, config_text).unwrap();
         let config = Config::load(Some(&config_file), std::iter::empty()).unwrap();
         if let BrokerHandle::Mock(mock) = &broker {
+            // The mock cluster creates no topics by itself: one per schema's record type.
             let kafka = config.kafka_settings();
-            for topic in [
-                kafka.records_topic("health.birth_certificate"),
-                kafka.dead_letter_topic(),
-            ] {
+            let mut topics = vec![kafka.dead_letter_topic()];
+            for file in datarun_cli::setup::schema_files(&root.join("schemas")).unwrap() {
+                let (record_type, _) = datarun_cli::setup::schema_identity(&file).unwrap();
+                let topic = kafka.records_topic(record_type.as_str());
+                if !topics.contains(&topic) {
+                    topics.push(topic);
+                }
+            }
+            for topic in topics {
                 mock.create_topic(&topic, config.kafka.partitions).unwrap();
             }
         }
@@ -270,8 +276,10 @@ start_local = false
 
     /// The health connector, given its schema's registry id from the prepared hub.
     pub async fn health_connector(&self) -> datarun_connector::Connector {
-        let mut connector =
-            datarun_connector::Connector::load(&repo_root().join("connectors/health")).unwrap();
+        let mut connector = datarun_connector::Connector::load(
+            &repo_root().join("connectors/health.birth_certificate"),
+        )
+        .unwrap();
         let store = datarun_cli::app::open_store(&self.config).await.unwrap();
         datarun_cli::setup::resolve_connector_schema(&store, &mut connector)
             .await
@@ -281,7 +289,7 @@ start_local = false
     }
 
     pub async fn run_connector(&self, source: &Path) -> String {
-        let connector = repo_root().join("connectors/health");
+        let connector = repo_root().join("connectors/health.birth_certificate");
         let (code, out) = self
             .cli(&[
                 "connector",

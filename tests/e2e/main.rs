@@ -8,3 +8,4 @@ mod registry;
 mod rejections;
 mod store;
 mod upgrade;
+mod world;

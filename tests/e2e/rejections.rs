@@ -43,7 +43,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
     store
         .add_signing_key(
             &DepartmentId::parse("tax").unwrap(),
-            &KeyId::parse("tax-2026").unwrap(),
+            &KeyId::parse("tax-desk-2026").unwrap(),
             tax_key.public_key().as_ref(),
             0,
             None,
@@ -117,7 +117,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
             resign(&second, &tax_key, |r| {
                 r.envelope.record_id = id("tax-r1");
                 r.envelope.department = DepartmentId::parse("tax").unwrap();
-                r.envelope.signing_key_id = KeyId::parse("tax-2026").unwrap();
+                r.envelope.signing_key_id = KeyId::parse("tax-desk-2026").unwrap();
             }),
         ),
         // Signed today with the revoked key, and the same back-dated to 2013: both refused.

@@ -50,12 +50,26 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The record types whose topics ingest consumes: `kafka.record_types` when it names
+/// any, else every record type with a live schema in the registry when the hub starts
+/// (a record type registered later is consumed from the next start).
+pub async fn consumed_record_types(config: &Config, store: &Store) -> anyhow::Result<Vec<String>> {
+    if !config.kafka.record_types.is_empty() {
+        return Ok(config.kafka.record_types.clone());
+    }
+    let registered = store.schema_record_types(false).await?;
+    anyhow::ensure!(
+        !registered.is_empty(),
+        "no record type has a schema: register one (datarun schema register) or name kafka.record_types"
+    );
+    Ok(registered)
+}
+
 /// Starts ingest and the HTTP API on an already-open store.
 pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
     let kafka = config.kafka_settings();
-    let mut topics: Vec<String> = config
-        .kafka
-        .record_types
+    let record_types = consumed_record_types(config, &store).await?;
+    let mut topics: Vec<String> = record_types
         .iter()
         .map(|t| kafka.records_topic(t))
         .collect();
@@ -81,7 +95,7 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
         &kafka,
         &config.kafka.group_id,
         instance_id.as_deref(),
-        &config.kafka.record_types,
+        &record_types,
     )?;
     let positions = consumer.positions();
     let (shutdown, receiver) = watch::channel(false);

@@ -47,9 +47,10 @@ enum Command {
         /// Use kafka.bootstrap_servers instead of starting a local tansu broker.
         #[arg(long)]
         no_broker: bool,
-        /// How many sample birth certificates to generate on first start.
+        /// How many sample people to generate on first start (every department's
+        /// records about them).
         #[arg(long, default_value_t = 1000)]
-        sample_count: usize,
+        people: usize,
     },
     /// Run ingest and the HTTP API (production: broker and database are external).
     Serve,
@@ -212,6 +213,17 @@ enum ConnectorCommand {
 
 #[derive(Debug, Subcommand)]
 enum SampleCommand {
+    /// Write every department's source files for one generated population, and
+    /// `sample/manifest.json` with the number of records of each type.
+    Generate {
+        #[arg(long, default_value_t = 1000)]
+        people: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// The folder to write `sample/…` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write generated birth certificates in the health department's CSV format.
     BirthCertificates {
         #[arg(long, default_value_t = 1000)]
@@ -278,10 +290,7 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
     };
     let config = load_config(&cli)?;
     match cli.command {
-        Command::Up {
-            no_broker,
-            sample_count,
-        } => up(config, !no_broker, sample_count, out).await,
+        Command::Up { no_broker, people } => up(config, !no_broker, people, out).await,
         Command::Serve => {
             let store = app::open_store(&config).await?;
             let running = app::start(&config, store).await?;
@@ -367,8 +376,7 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             } else {
                 SensitivityRaises::Refuse
             };
-            let (record_type, version) =
-                setup::register_schema_file(&store, &file, raises).await?;
+            let (record_type, version) = setup::register_schema_file(&store, &file, raises).await?;
             writeln!(out, "{record_type} version {version} registered")?;
             Ok(0)
         }
@@ -435,6 +443,24 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                 report.already_done,
                 report.rejected
             )?;
+            Ok(0)
+        }
+        Command::Sample(SampleCommand::Generate {
+            people,
+            seed,
+            out: folder,
+        }) => {
+            let population = datarun_connector::population::generate(people, seed);
+            population.write(&folder)?;
+            writeln!(
+                out,
+                "wrote {} people's records to {}:",
+                population.people,
+                folder.join("sample").display()
+            )?;
+            for (record_type, count) in population.counts() {
+                writeln!(out, "  {record_type:<45} {count:>7}")?;
+            }
             Ok(0)
         }
         Command::Sample(SampleCommand::BirthCertificates {
@@ -576,7 +602,7 @@ async fn wait_for_ctrl_c() {
 async fn up(
     mut config: Config,
     start_broker: bool,
-    sample_count: usize,
+    people: usize,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let data_dir = config.hub.data_dir.clone();
@@ -599,38 +625,58 @@ async fn up(
         None
     };
     let store = app::open_store(&config).await?;
-    let key_file = setup::reference_world(&store, &config.hub.schemas_dir, &data_dir).await?;
-    let sample_file = data_dir.join("sample").join("birth_certificates.csv");
-    if !sample_file.exists() {
-        let rows = datarun_connector::sample::birth_certificates(sample_count, 2026);
-        datarun_connector::sample::write_csv(&sample_file, &rows)?;
+    setup::reference_world(&store, &config.hub.schemas_dir, &data_dir).await?;
+    let manifest = data_dir.join("sample").join("manifest.json");
+    if !manifest.exists() {
+        let population = datarun_connector::population::generate(people, 2026);
+        population.write(&data_dir)?;
+        writeln!(out, "sample: {} people generated", population.people)?;
     }
+    let expected: std::collections::BTreeMap<String, i64> =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&manifest)?)?["records"]
+            .as_object()
+            .context("sample/manifest.json has no record counts")?
+            .iter()
+            .map(|(record_type, count)| (record_type.clone(), count.as_i64().unwrap_or(0)))
+            .collect();
     let running = app::start(&config, store.clone()).await?;
-    let mut connector = Connector::load(&config.hub.connectors_dir.join("health"))?;
-    setup::resolve_connector_schema(&store, &mut connector).await?;
-    let options = RunOptions {
-        signing_key_file: key_file,
-        state_dir: data_dir.join("connectors"),
-        source_override: Some(sample_file.clone()),
-        batch_size: 500,
-        progress: Some(print_progress),
-    };
-    let report = connector.run(&config.kafka_settings(), &options).await?;
-    writeln!(
-        out,
-        "health connector: published {}, already done {}",
-        report.published, report.already_done
-    )?;
-    let expected = (report.published + report.already_done) as i64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for folder in connector_folders(&config.hub.connectors_dir)? {
+        let mut connector = Connector::load(&folder)?;
+        setup::resolve_connector_schema(&store, &mut connector).await?;
+        let options = RunOptions {
+            signing_key_file: data_dir
+                .join("keys")
+                .join(format!("{}.pk8", connector.config.signing_key_id)),
+            state_dir: data_dir.join("connectors"),
+            source_override: Some(data_dir.join(&connector.config.source.path)),
+            batch_size: 500,
+            progress: Some(print_progress),
+        };
+        let report = connector.run(&config.kafka_settings(), &options).await?;
+        writeln!(
+            out,
+            "connector {}: published {}, already done {}",
+            connector.name(),
+            report.published,
+            report.already_done
+        )?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
-        let (_, certificates) = store.record_counts().await?;
-        if certificates >= expected || tokio::time::Instant::now() > deadline {
-            writeln!(out, "store: {certificates} birth certificates")?;
+        let stored = store.certificate_counts().await?;
+        let complete = expected
+            .iter()
+            .all(|(record_type, count)| stored.get(record_type).copied().unwrap_or(0) >= *count);
+        if complete || tokio::time::Instant::now() > deadline {
+            for (record_type, count) in &expected {
+                let have = stored.get(record_type).copied().unwrap_or(0);
+                writeln!(out, "store: {record_type:<45} {have:>7} of {count}")?;
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let sample_file = data_dir.join("sample").join("birth_certificates.csv");
     write_walkthrough(out, &config, running.http_addr, &sample_file)?;
     out.flush()?;
     wait_for_ctrl_c().await;
@@ -685,6 +731,21 @@ $D audit verify
 Stop with Ctrl-C; running the same command again keeps everything stored."#
     )?;
     Ok(())
+}
+
+/// The connector folders under `connectors_dir` (each holds a `connector.toml`), sorted.
+fn connector_folders(connectors_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut folders = Vec::new();
+    for entry in std::fs::read_dir(connectors_dir)
+        .with_context(|| format!("reading {}", connectors_dir.display()))?
+    {
+        let path = entry?.path();
+        if path.join("connector.toml").is_file() {
+            folders.push(path);
+        }
+    }
+    folders.sort();
+    Ok(folders)
 }
 
 fn csv_first_row(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {

@@ -70,7 +70,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Create missing topics at start (off where the cluster's operators own topics).
     pub create_topics: bool,
-    /// Record types the broker consumes.
+    /// Record types the broker consumes; empty: every record type registered in the
+    /// schema registry when the hub starts.
     pub record_types: Vec<String>,
 }
 
@@ -102,7 +103,7 @@ group_id = "datarun-ingest"
 instance_id = ""
 partitions = 3
 create_topics = true
-record_types = ["health.birth_certificate"]
+record_types = []
 
 [ingest]
 max_clock_skew_secs = 300

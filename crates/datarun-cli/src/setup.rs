@@ -195,8 +195,20 @@ pub fn schema_files(schemas_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Registers departments, purposes and schemas, and the health department's key and
-/// right to publish birth certificates. Returns the health key's file.
+/// The reference world's signing key id of `department`: `<department>-2026`.
+pub fn reference_key_id(department: &str) -> anyhow::Result<KeyId> {
+    Ok(KeyId::parse(&format!("{department}-2026"))?)
+}
+
+/// Where the reference world keeps `department`'s private key under `data_dir`.
+pub fn reference_key_file(data_dir: &Path, department: &str) -> PathBuf {
+    data_dir.join("keys").join(format!("{department}-2026.pk8"))
+}
+
+/// Registers departments, purposes and schemas; for every department, a signing key
+/// (generated into `data_dir/keys/` on first start) and the right to publish the record
+/// types its schemas declare — the reference world's policy, stated here once.
+/// Returns the health department's key file.
 pub async fn reference_world(
     store: &Store,
     schemas_dir: &Path,
@@ -214,22 +226,28 @@ pub async fn reference_world(
     }
     // The schema directory is the operator's own declaration of each record type,
     // sensitive fields included: `up` accepts its raises, and the audit lists them.
+    let mut record_types = Vec::new();
     for file in schema_files(schemas_dir)? {
-        register_schema_file(store, &file, SensitivityRaises::Allow).await?;
+        let (record_type, _) = register_schema_file(store, &file, SensitivityRaises::Allow).await?;
+        record_types.push(record_type);
     }
-    let health = DepartmentId::parse("health")?;
-    let key_id = KeyId::parse("health-2026")?;
-    let key_file = data_dir.join("keys").join("health-2026.pk8");
-    let public_key = if key_file.exists() {
-        public_key_of(&key_file)?
-    } else {
-        generate_key(&key_file, KeyFormat::Der)?
-    };
-    store
-        .add_signing_key(&health, &key_id, &public_key, 0, None)
-        .await?;
-    store
-        .allow_publish(&health, &RecordType::parse("health.birth_certificate")?)
-        .await?;
-    Ok(key_file)
+    for (id, _) in DEPARTMENTS {
+        let department = DepartmentId::parse(id)?;
+        let key_file = reference_key_file(data_dir, id);
+        let public_key = if key_file.exists() {
+            public_key_of(&key_file)?
+        } else {
+            generate_key(&key_file, KeyFormat::Der)?
+        };
+        store
+            .add_signing_key(&department, &reference_key_id(id)?, &public_key, 0, None)
+            .await?;
+        for record_type in record_types
+            .iter()
+            .filter(|t| t.department_part() == department.as_str())
+        {
+            store.allow_publish(&department, record_type).await?;
+        }
+    }
+    Ok(reference_key_file(data_dir, "health"))
 }

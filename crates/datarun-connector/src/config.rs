@@ -20,7 +20,8 @@ pub struct ConnectorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Only `csv` so far.
+    /// `csv` (a header row, then one row per line) or `jsonl` (one JSON object per line;
+    /// numbers and booleans are read as their text, null as empty).
     pub kind: SourceKind,
     /// Relative to the connector folder unless absolute; `datarun connector run --source` overrides.
     pub path: String,
@@ -30,6 +31,7 @@ pub struct SourceConfig {
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Csv,
+    Jsonl,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@
 //! signed again, at a later time).
 
 pub mod config;
+pub mod population;
 pub mod sample;
 
 use config::ConnectorConfig;
@@ -307,7 +308,10 @@ impl Connector {
             .source_override
             .clone()
             .unwrap_or_else(|| self.folder.join(&self.config.source.path));
-        let rows = read_csv(&source)?;
+        let rows = match self.config.source.kind {
+            config::SourceKind::Csv => read_csv(&source)?,
+            config::SourceKind::Jsonl => read_json_lines(&source)?,
+        };
         let total = rows.len() as u64;
         let done = self.acknowledged_rows(&options.state_dir)?.min(total);
         let publisher = RecordPublisher::new(kafka)?;
@@ -391,6 +395,42 @@ fn read_csv(path: &Path) -> Result<Vec<(u64, BTreeMap<String, String>)>> {
     Ok(rows)
 }
 
+/// Reads JSON lines, one object per line, into (line number, key → value) rows: text
+/// as it is, numbers and booleans as their text, null as empty. Blank lines are skipped.
+fn read_json_lines(path: &Path) -> Result<Vec<(u64, BTreeMap<String, String>)>> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    let mut rows = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_number = index as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let invalid = |message: String| ConnectorError::Source {
+            path: path.to_owned(),
+            line: line_number,
+            message,
+        };
+        let object = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => return Err(invalid("a line must be one JSON object".into())),
+            Err(error) => return Err(invalid(format!("not JSON: {error}"))),
+        };
+        let mut row = BTreeMap::new();
+        for (key, value) in object {
+            let text = match value {
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::Bool(flag) => flag.to_string(),
+                serde_json::Value::Number(number) => number.to_string(),
+                _ => return Err(invalid(format!("{key} holds an array or an object"))),
+            };
+            row.insert(key, text);
+        }
+        rows.push((line_number, row));
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,7 +448,8 @@ mod tests {
     }
 
     fn connector() -> Connector {
-        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health");
+        let folder =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health.birth_certificate");
         let mut connector = Connector::load(&folder).unwrap();
         connector.set_schema_id(7);
         connector
@@ -448,6 +489,91 @@ mod tests {
         }
     }
 
+    /// Every connector under `connectors/` maps every row the population generator
+    /// writes for its record type into a payload its schema accepts.
+    #[test]
+    fn every_connector_maps_its_generated_rows() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors");
+        let population = population::generate(300, 5);
+        let key_pair = Ed25519KeyPair::from_seed_unchecked(&[9; 32]).unwrap();
+        let mut covered = Vec::new();
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let folder = entry.unwrap().path();
+            if !folder.join("connector.toml").is_file() {
+                continue;
+            }
+            let mut connector = Connector::load(&folder).unwrap();
+            connector.set_schema_id(1);
+            let file = population
+                .files
+                .iter()
+                .find(|f| f.record_type == connector.record_type().as_str())
+                .unwrap_or_else(|| panic!("no sample data for {}", connector.name()));
+            assert!(
+                file.path
+                    .ends_with(connector.config.source.path.trim_start_matches("sample/")),
+                "{} reads {}, the generator writes {}",
+                connector.name(),
+                connector.config.source.path,
+                file.path
+            );
+            let expected_kind = match file.format {
+                population::Format::Csv => config::SourceKind::Csv,
+                population::Format::JsonLines => config::SourceKind::Jsonl,
+            };
+            assert_eq!(connector.config.source.kind, expected_kind);
+            for row in &file.rows {
+                let signed = connector
+                    .sign_row(row, &key_pair)
+                    .unwrap_or_else(|e| panic!("{}: {e}: {row:?}", connector.name()));
+                let (_, body) = signed.unframed().unwrap();
+                let valid = connector
+                    .schema
+                    .validate(body, population::AS_OF)
+                    .unwrap_or_else(|e| panic!("{}: {e:?}: {row:?}", connector.name()));
+                assert_eq!(valid.subject, signed.envelope.subject);
+            }
+            covered.push(connector.record_type().to_string());
+        }
+        covered.sort();
+        let mut generated: Vec<String> = population
+            .files
+            .iter()
+            .map(|f| f.record_type.to_owned())
+            .collect();
+        generated.sort();
+        assert_eq!(
+            covered, generated,
+            "one connector per generated record type"
+        );
+    }
+
+    #[test]
+    fn json_lines_read_text_numbers_and_nulls() {
+        let dir = std::env::temp_dir().join(format!("datarun-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rows.jsonl");
+        std::fs::write(
+            &path,
+            "{\"a\": \"x\", \"b\": 42, \"c\": null, \"d\": true}\n\n{\"a\": \"y\"}\n",
+        )
+        .unwrap();
+        let rows = read_json_lines(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, 1);
+        assert_eq!(rows[0].1["b"], "42");
+        assert_eq!(rows[0].1["c"], "");
+        assert_eq!(rows[0].1["d"], "true");
+        assert_eq!(rows[1].0, 3, "line numbers count blank lines");
+        std::fs::write(&path, "{\"a\": 1}\n[1, 2]\n").unwrap();
+        let error = read_json_lines(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("line 2") && error.contains("one JSON object"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn unmappable_rows_say_which_field() {
         let connector = connector();
@@ -460,7 +586,8 @@ mod tests {
 
     #[test]
     fn no_record_is_signed_without_its_schema_id() {
-        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health");
+        let folder =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors/health.birth_certificate");
         let connector = Connector::load(&folder).unwrap();
         let row = sample::birth_certificates(1, 1).remove(0);
         let key_pair = Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();

@@ -24,15 +24,15 @@ pub const BIRTH_COLUMNS: [&str; 14] = [
     "updated_at",
 ];
 
-const SURNAMES: [&str; 16] = [
+pub(crate) const SURNAMES: [&str; 16] = [
     "陈", "李", "黄", "张", "梁", "林", "刘", "吴", "罗", "何", "郑", "杨", "谢", "冯", "邓", "周",
 ];
-const GIVEN: [&str; 20] = [
+pub(crate) const GIVEN: [&str; 20] = [
     "子轩", "梓涵", "浩然", "诗琪", "俊杰", "欣怡", "宇航", "雨桐", "嘉豪", "思颖", "志强", "美玲",
     "家乐", "晓彤", "建华", "婉婷", "伟明", "丽华", "振宇", "慧敏",
 ];
 /// Guangdong districts: (division code, place name).
-const DISTRICTS: [(&str, &str); 8] = [
+pub(crate) const DISTRICTS: [(&str, &str); 8] = [
     ("440103", "广东省广州市荔湾区"),
     ("440104", "广东省广州市越秀区"),
     ("440105", "广东省广州市海珠区"),
@@ -42,7 +42,7 @@ const DISTRICTS: [(&str, &str); 8] = [
     ("440304", "广东省深圳市福田区"),
     ("445102", "广东省潮州市湘桥区"),
 ];
-const HOSPITALS: [&str; 5] = [
+pub(crate) const HOSPITALS: [&str; 5] = [
     "广州市妇女儿童医疗中心",
     "广东省妇幼保健院",
     "中山大学附属第一医院",
@@ -51,10 +51,10 @@ const HOSPITALS: [&str; 5] = [
 ];
 
 /// splitmix64: a small deterministic generator, so a seed always gives the same file.
-struct Generator(u64);
+pub(crate) struct Generator(pub(crate) u64);
 
 impl Generator {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -62,15 +62,15 @@ impl Generator {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+    pub(crate) fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
     }
 
-    fn date_between(&mut self, from: CivilDate, to: CivilDate) -> CivilDate {
+    pub(crate) fn date_between(&mut self, from: CivilDate, to: CivilDate) -> CivilDate {
         let (a, b) = (from.days_since_epoch(), to.days_since_epoch());
         CivilDate::from_days_since_epoch(a + self.below((b - a) as u64) as i64)
     }

@@ -62,6 +62,8 @@ pub enum IdentifierKind {
     ResidentId,
     CreditCode,
     CertificateId,
+    /// A taxpayer: a citizen's resident ID or a business's unified social credit code.
+    TaxpayerId,
 }
 
 /// What a field means to the exchange.
@@ -209,6 +211,7 @@ impl RecordSchema {
                 Some("resident_id") => Some(IdentifierKind::ResidentId),
                 Some("credit_code") => Some(IdentifierKind::CreditCode),
                 Some("certificate_id") => Some(IdentifierKind::CertificateId),
+                Some("taxpayer_id") => Some(IdentifierKind::TaxpayerId),
                 Some(other) => {
                     return Err(field_error(
                         &name,
@@ -373,6 +376,18 @@ impl RecordSchema {
                         IdentifierKind::CertificateId => {
                             CertificateId::parse(text).map(|id| certificate_id = Some(id))
                         }
+                        // A resident ID is all digits but perhaps a final X; a credit code
+                        // starts with its registering authority's code and is checked as one.
+                        IdentifierKind::TaxpayerId => match ResidentId::parse_on(text, today) {
+                            Ok(_) => Ok(()),
+                            Err(_) if !text.bytes().take(17).all(|b| b.is_ascii_digit()) => {
+                                CreditCode::parse(text).map(drop)
+                            }
+                            Err(error) => match CreditCode::parse(text) {
+                                Ok(_) => Ok(()),
+                                Err(_) => Err(error),
+                            },
+                        },
                     };
                     parsed.map_err(|error| {
                         Rejection::at(

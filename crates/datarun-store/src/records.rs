@@ -474,6 +474,20 @@ impl Store {
         })
     }
 
+    /// How many current certificates each record type has.
+    pub async fn certificate_counts(&self) -> Result<BTreeMap<String, i64>> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT record_type, COUNT(*) AS n FROM certificates GROUP BY record_type",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((text(row, "record_type")?, integer(row, "n")?)))
+                .collect()
+        })
+    }
+
     /// Which of `record_ids` are stored (a connector's or an operator's reconciliation).
     pub async fn stored_record_ids(
         &self,
