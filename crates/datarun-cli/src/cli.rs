@@ -590,8 +590,21 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
     Ok(datarun_store::now_millis() - amount.saturating_mul(unit_millis))
 }
 
-fn print_progress(done: u64, total: u64) {
-    eprintln!("  connector: {done}/{total} rows acknowledged by the broker");
+/// The backfill's progress on stderr: redrawn in place on a terminal, a line per batch
+/// otherwise (a log keeps them all).
+fn print_progress(progress: &datarun_connector::Progress) {
+    use std::io::IsTerminal;
+    let line = progress.line();
+    if std::io::stderr().is_terminal() {
+        let end = if progress.done >= progress.total {
+            "\n"
+        } else {
+            ""
+        };
+        eprint!("\r{line}{end}");
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 async fn wait_for_ctrl_c() {

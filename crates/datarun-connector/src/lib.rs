@@ -55,8 +55,56 @@ pub struct RunOptions {
     /// Overrides the source path in `connector.toml`.
     pub source_override: Option<PathBuf>,
     pub batch_size: usize,
-    /// Called after each acknowledged batch with (rows done, rows total).
-    pub progress: Option<fn(u64, u64)>,
+    /// Called after each acknowledged batch.
+    pub progress: Option<fn(&Progress)>,
+}
+
+/// How far a run is, after an acknowledged batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// The connector's name.
+    pub connector: String,
+    /// Rows acknowledged by the broker, this run and earlier ones.
+    pub done: u64,
+    pub total: u64,
+    /// Rows acknowledged per second in this run.
+    pub rate: f64,
+    /// At this run's rate, how long the rest will take.
+    pub eta: Option<std::time::Duration>,
+}
+
+impl Progress {
+    /// One line: name, bar, counts, rate and time left, e.g.
+    /// `health.birth_certificate [######--------------]  3,000/10,000  2,412/s  ETA 3s`.
+    pub fn line(&self) -> String {
+        const WIDTH: u64 = 20;
+        let filled = (self.done * WIDTH).checked_div(self.total).unwrap_or(WIDTH) as usize;
+        let eta = match self.eta {
+            Some(eta) if self.done < self.total => format!("ETA {}s", eta.as_secs()),
+            _ => "done".into(),
+        };
+        format!(
+            "{} [{}{}] {:>9}/{} {:>7}/s  {eta}",
+            self.connector,
+            "#".repeat(filled),
+            "-".repeat(WIDTH as usize - filled.min(WIDTH as usize)),
+            thousands(self.done),
+            thousands(self.total),
+            thousands(self.rate as u64),
+        )
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What one run did.
@@ -323,6 +371,7 @@ impl Connector {
             .state_dir
             .join(format!("{}.rejected.csv", self.name()));
         let mut acknowledged = done;
+        let started = std::time::Instant::now();
         for batch in rows[done as usize..].chunks(options.batch_size.max(1)) {
             let mut records = Vec::with_capacity(batch.len());
             let mut rejects = Vec::new();
@@ -353,7 +402,17 @@ impl Connector {
             report.published += records.len() as u64;
             report.rejected += rejects.len() as u64;
             if let Some(progress) = options.progress {
-                progress(acknowledged, total);
+                let seconds = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = (acknowledged - done) as f64 / seconds;
+                progress(&Progress {
+                    connector: self.name(),
+                    done: acknowledged,
+                    total,
+                    rate,
+                    eta: (rate > 0.0).then(|| {
+                        std::time::Duration::from_secs_f64((total - acknowledged) as f64 / rate)
+                    }),
+                });
             }
         }
         Ok(report)
@@ -572,6 +631,28 @@ mod tests {
             "{error}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn progress_shows_bar_counts_rate_and_time_left() {
+        let progress = Progress {
+            connector: "health.birth_certificate".into(),
+            done: 3_000,
+            total: 10_000,
+            rate: 2_412.7,
+            eta: Some(std::time::Duration::from_secs(3)),
+        };
+        assert_eq!(
+            progress.line(),
+            "health.birth_certificate [######--------------]     3,000/10,000   2,412/s  ETA 3s"
+        );
+        let finished = Progress {
+            done: 10_000,
+            eta: Some(std::time::Duration::ZERO),
+            ..progress
+        };
+        assert!(finished.line().ends_with("done"), "{}", finished.line());
+        assert!(finished.line().contains("[####################]"));
     }
 
     #[test]

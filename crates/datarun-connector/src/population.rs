@@ -729,9 +729,11 @@ fn business(
     };
     let (trade, scope) = TRADES[world.generator.below(TRADES.len() as u64) as usize];
     let individual = world.generator.below(4) == 0;
-    let city = &place[..place
+    // 广东省广州市天河区 → 广州市: a business is named after its city.
+    let within = place.split_once('省').map_or(place, |(_, rest)| rest);
+    let city = &within[..within
         .find('市')
-        .map_or(place.len(), |i| i + '市'.len_utf8())];
+        .map_or(within.len(), |i| i + '市'.len_utf8())];
     let (kind, name, capital) = if individual {
         (
             "个体工商户",
