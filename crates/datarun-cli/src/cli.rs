@@ -685,6 +685,13 @@ async fn up(
                 let have = stored.get(record_type).copied().unwrap_or(0);
                 writeln!(out, "store: {record_type:<45} {have:>7} of {count}")?;
             }
+            if !complete {
+                let (rejected, _) = store.rejection_counts().await?;
+                writeln!(
+                    out,
+                    "warning: not every sample record is stored after 3 minutes ({rejected} rejected: datarun rejects list)"
+                )?;
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
