@@ -81,16 +81,7 @@ async fn python_department_example_publishes(db: Db) {
         ])
         .await;
     assert_eq!(code, 0, "{out}");
-    let token = env
-        .token(&[
-            "--role",
-            "department",
-            "--department",
-            "health",
-            "--name",
-            "his",
-        ])
-        .await;
+    let token = env.department_token("health").await;
     // One record, with fields as the schema names them.
     let connector = env.health_connector().await;
     let seed = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();

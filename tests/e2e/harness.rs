@@ -194,6 +194,19 @@ start_local = false
         out.trim().to_owned()
     }
 
+    /// A token for `department`'s own system (reads the registry).
+    pub async fn department_token(&self, department: &str) -> String {
+        self.token(&[
+            "--role",
+            "department",
+            "--department",
+            department,
+            "--name",
+            "his",
+        ])
+        .await
+    }
+
     pub async fn citizen_token(&self, resident_id: &str) -> String {
         self.token(&[
             "--role",

@@ -48,6 +48,18 @@ fn expect_error(reply: (u16, Value), status: u16, code: u64, fragment: &str) {
     );
 }
 
+/// The birth certificate's subject in `env`'s registry, and its shipped version 1.
+fn birth_certificate_subject(env: &TestEnv) -> (String, Value) {
+    let subject = format!(
+        "{}-value",
+        env.kafka().records_topic("health.birth_certificate")
+    );
+    let file =
+        std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
+            .unwrap();
+    (subject, serde_json::from_str(&file).unwrap())
+}
+
 /// The birth certificate schema with one more field.
 fn with_field(base: &Value, field: Value) -> String {
     let mut schema = base.clone();
@@ -62,26 +74,13 @@ async fn registry_api(db: Db) {
     let operator = env
         .token(&["--role", "operator", "--name", "registry admin"])
         .await;
-    let department = env
-        .token(&[
-            "--role",
-            "department",
-            "--department",
-            "health",
-            "--name",
-            "his",
-        ])
-        .await;
+    let department = env.department_token("health").await;
     let citizen = env.citizen_token("440104198503125841").await;
     let auditor = env.auditor_token().await;
-    let subject = format!(
-        "{}-value",
-        env.kafka().records_topic("health.birth_certificate")
-    );
+    let (subject, v1) = birth_certificate_subject(&env);
     let file =
         std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
             .unwrap();
-    let v1: Value = serde_json::from_str(&file).unwrap();
 
     // Reads: the subject `datarun up` registered, by subject, version and id.
     let (status, subjects) = send(&hub, Method::GET, "/subjects", &department, None).await;
@@ -557,15 +556,7 @@ async fn confluent_schema_registry_client_works_against_the_hub() {
     let operator = env
         .token(&["--role", "operator", "--name", "registry admin"])
         .await;
-    let subject = format!(
-        "{}-value",
-        env.kafka().records_topic("health.birth_certificate")
-    );
-    let v1: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
-            .unwrap(),
-    )
-    .unwrap();
+    let (subject, v1) = birth_certificate_subject(&env);
     let job = json!({
         "url": format!("{}/registry", hub.base),
         "token": operator,
@@ -609,16 +600,7 @@ async fn confluent_schema_registry_client_works_against_the_hub() {
 async fn confluent_serializer_output_is_stored_and_deserializes() {
     let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
     let hub = env.start().await;
-    let department = env
-        .token(&[
-            "--role",
-            "department",
-            "--department",
-            "health",
-            "--name",
-            "his",
-        ])
-        .await;
+    let department = env.department_token("health").await;
     let connector = env.health_connector().await;
     let key =
         datarun_domain::keys::parse_private_key(&std::fs::read(env.health_key_file()).unwrap())
@@ -704,27 +686,10 @@ async fn sensitivity_travels_with_the_schema(db: Db) {
     let operator = env
         .token(&["--role", "operator", "--name", "registry admin"])
         .await;
-    let department = env
-        .token(&[
-            "--role",
-            "department",
-            "--department",
-            "health",
-            "--name",
-            "his",
-        ])
-        .await;
+    let department = env.department_token("health").await;
     let caseworker = env.caseworker_token("public_security").await;
     let auditor = env.auditor_token().await;
-    let subject = format!(
-        "{}-value",
-        env.kafka().records_topic("health.birth_certificate")
-    );
-    let v1: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("schemas/health/birth_certificate.v1.avsc"))
-            .unwrap(),
-    )
-    .unwrap();
+    let (subject, v1) = birth_certificate_subject(&env);
 
     // The tags, as Confluent metadata tags keyed by field path; `health` reads as sensitive.
     let (_, latest) = send(

@@ -22,9 +22,8 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from cryptography.hazmat.primitives import serialization
 
-from publish_signed import signing_input  # docs/signing.md, written once
+from publish_signed import load_key, signing_input  # docs/signing.md, written once
 
 DATE_FIELDS = {"date_of_birth", "issue_date"}
 
@@ -45,8 +44,7 @@ def as_json(fields: dict) -> dict:
 
 def main() -> int:
     job = json.load(sys.stdin)
-    with open(job["key_file"], "rb") as handle:
-        key = serialization.load_der_private_key(handle.read(), password=None)
+    key = load_key(job["key_file"])
     registry = SchemaRegistryClient({
         "url": job["registry_url"],
         "bearer.auth.credentials.source": "STATIC_TOKEN",

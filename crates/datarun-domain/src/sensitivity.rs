@@ -68,15 +68,21 @@ impl std::fmt::Display for Sensitivity {
 /// A record schema's top-level fields with their sensitivity, in schema order.
 pub type FieldSensitivities = Vec<(String, Sensitivity)>;
 
+/// The `fields` of a record schema definition (JSON).
+fn top_level_fields(definition: &str) -> Result<Vec<Value>, String> {
+    match serde_json::from_str::<Value>(definition) {
+        Ok(Value::Object(mut record)) => match record.remove("fields") {
+            Some(Value::Array(fields)) => Ok(fields),
+            _ => Err("schema is not a record with fields".into()),
+        },
+        Ok(_) => Err("schema is not a record with fields".into()),
+        Err(e) => Err(format!("schema is not JSON: {e}")),
+    }
+}
+
 /// The top-level fields of a record schema definition (JSON) and their sensitivity.
 pub fn field_sensitivities(definition: &str) -> Result<FieldSensitivities, String> {
-    let json: Value =
-        serde_json::from_str(definition).map_err(|e| format!("schema is not JSON: {e}"))?;
-    let fields = json
-        .get("fields")
-        .and_then(Value::as_array)
-        .ok_or("schema is not a record with fields")?;
-    fields
+    top_level_fields(definition)?
         .iter()
         .map(|field| {
             let name = field
@@ -95,13 +101,7 @@ pub fn field_sensitivities(definition: &str) -> Result<FieldSensitivities, Strin
 /// schema resolution): a `date` field's default (days since 1970) reads as its ISO date,
 /// as stored fields are; any other default as written.
 pub fn field_defaults(definition: &str) -> Result<Vec<(String, Value)>, String> {
-    let json: Value =
-        serde_json::from_str(definition).map_err(|e| format!("schema is not JSON: {e}"))?;
-    let fields = json
-        .get("fields")
-        .and_then(Value::as_array)
-        .ok_or("schema is not a record with fields")?;
-    Ok(fields
+    Ok(top_level_fields(definition)?
         .iter()
         .filter_map(|field| {
             let name = field.get("name")?.as_str()?;
