@@ -4,7 +4,8 @@
 //! an abort with no cleanup), restarted, and checked for the exactly-once effect:
 //! every record stored once, every rejection recorded, audited and dead-lettered once,
 //! the audit chain intact. Also the database stopped mid-ingest, the broker killed
-//! mid-ingest, and two hubs in one consumer group with one of them killed.
+//! mid-ingest, two hubs in one consumer group with one of them killed, and a
+//! connector killed mid-backfill (each row on the topic once).
 //!
 //! `DATARUN_FAULT_RECORDS` sizes the crash scenario (default 100,000 records).
 
@@ -770,4 +771,174 @@ async fn two_hubs_one_killed() {
     assert!(store.verify_audit_chain().await.unwrap().is_ok());
     assert_eq!(store.dangling_references().await.unwrap(), 0);
     drop((first, second));
+}
+
+/// A connector process (`datarun connector run`), its output in `connector.log`.
+fn start_connector(env: &TestEnv, source: &std::path::Path, fault: Option<&str>) -> Child {
+    let log = env.dir.join("connector.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut command = Command::new(HUB_BINARY);
+    command
+        .arg("--config")
+        .arg(&env.config_file)
+        .args(["connector", "run"])
+        .arg(harness::repo_root().join("connectors/health.birth_certificate"))
+        .arg("--source")
+        .arg(source)
+        .arg("--state-dir")
+        .arg(env.dir.join("connector-state"))
+        .arg("--signing-key")
+        .arg(env.health_key_file())
+        .env("DATARUN_LOG", "warn,datarun_connector=info")
+        .env_remove(FAULT_INJECT_ENV)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    if let Some(fault) = fault {
+        command.env(FAULT_INJECT_ENV, fault);
+    }
+    command.spawn().expect("the datarun binary")
+}
+
+/// The connector's checkpoint: (rows acknowledged, rows the batch in flight reaches).
+fn connector_checkpoint(env: &TestEnv) -> (u64, u64) {
+    let path = env
+        .dir
+        .join("connector-state/health.birth_certificate.checkpoint.json");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return (0, 0);
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        value["rows_acknowledged"].as_u64().unwrap(),
+        value["publishing_through"].as_u64().unwrap(),
+    )
+}
+
+async fn wait_child(child: &mut Child, timeout: Duration, log: &std::path::Path) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connector did not finish within {timeout:?}; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A connector killed with `kill -9` at three random moments of a 100,000-row backfill,
+/// and aborted once between the broker's acknowledgement of a batch and its checkpoint,
+/// then run to the end while a hub ingests: the topic holds each record id exactly once
+/// and the store every record.
+async fn connector_killed_mid_backfill(db: Db) {
+    let env = TestEnv::new(db, Broker::TansuInMemory).await;
+    let store = env.prepare().await;
+    let total = crash_scenario_records();
+    let rows = datarun_connector::sample::birth_certificates(total, 41);
+    let source = env.dir.join("backfill.csv");
+    datarun_connector::sample::write_csv(&source, &rows).unwrap();
+    let log = env.dir.join("connector.log");
+    let hub = HubProcess::start(&env, None);
+    let started = Instant::now();
+    let mut kills = Vec::new();
+    // Each run gets a little further (4 % of the rows) before it is killed.
+    let step = total as u64 / 25;
+    for _ in 0..3 {
+        let before = connector_checkpoint(&env).0;
+        let mut connector = start_connector(&env, &source, None);
+        wait_until(Duration::from_secs(120), "connector progress", || async {
+            let now = connector_checkpoint(&env).0;
+            (now >= before + step, format!("{now} rows acknowledged"))
+        })
+        .await;
+        // A pseudo-random moment within the next batches.
+        let pause = started.elapsed().subsec_nanos() % 400;
+        tokio::time::sleep(Duration::from_millis(u64::from(pause))).await;
+        connector.kill().unwrap();
+        connector.wait().unwrap();
+        kills.push((pause, connector_checkpoint(&env)));
+    }
+    eprintln!("kill -9 after (ms, (acknowledged, in flight through)): {kills:?}");
+    let mut connector = start_connector(&env, &source, Some("connector.before_checkpoint:5"));
+    let status = wait_child(&mut connector, Duration::from_secs(120), &log).await;
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "the connector aborted at its fault point ({status}); see {}",
+        log.display()
+    );
+    let (acknowledged, through) = connector_checkpoint(&env);
+    assert!(
+        through > acknowledged,
+        "the aborted run left a batch acknowledged by the broker but not checkpointed"
+    );
+    let unfinished = through - acknowledged;
+
+    let output = Command::new(HUB_BINARY)
+        .arg("--config")
+        .arg(&env.config_file)
+        .args(["connector", "run"])
+        .arg(harness::repo_root().join("connectors/health.birth_certificate"))
+        .arg("--source")
+        .arg(&source)
+        .arg("--state-dir")
+        .arg(env.dir.join("connector-state"))
+        .arg("--signing-key")
+        .arg(env.health_key_file())
+        .env_remove(FAULT_INJECT_ENV)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with(&format!("found on the topic after a crash {unfinished}")),
+        "the restarted connector found the {unfinished} rows the aborted run had delivered: {stdout}"
+    );
+
+    let kafka = env.kafka();
+    let messages = datarun_kafka::read_topic(
+        &kafka,
+        &kafka.records_topic("health.birth_certificate"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for message in &messages {
+        *per_id
+            .entry(harness::header(message, datarun_kafka::wire::RECORD_ID))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "records on the topic more than once: {twice:?}"
+    );
+    assert_eq!(per_id.len(), total, "every source row is on the topic");
+    wait_handled(&store, total, 0, Duration::from_secs(300)).await;
+    assert_exactly_once(&env, &store, total, 0).await;
+    drop(hub);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_killed_mid_backfill_sqlite() {
+    bounded(
+        CRASH_SCENARIO_LIMIT,
+        connector_killed_mid_backfill(Db::Sqlite),
+    )
+    .await;
 }

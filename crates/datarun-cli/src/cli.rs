@@ -208,6 +208,10 @@ enum ConnectorCommand {
         /// Checkpoint folder (default: <data_dir>/connectors).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// A `sql` source stops once it has caught up (by default it polls until
+        /// stopped; an `http` source serves until stopped).
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -414,6 +418,7 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             signing_key,
             source,
             state_dir,
+            once,
         }) => {
             let mut connector = Connector::load(&folder)?;
             // The schema's registry id, from the hub's database this command is
@@ -433,15 +438,26 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                 source_override: source,
                 batch_size: 500,
                 progress: Some(print_progress),
+                once,
             };
-            let report = connector.run(&config.kafka_settings(), &options).await?;
+            // Stopping (Ctrl-C) mid-batch is safe: the next run finds on the
+            // topic what this one sent and did not checkpoint.
+            let kafka = config.kafka_settings();
+            let report = tokio::select! {
+                report = connector.run(&kafka, &options) => report?,
+                _ = wait_for_ctrl_c() => {
+                    writeln!(out, "connector {}: stopped", connector.name())?;
+                    return Ok(0);
+                }
+            };
             writeln!(
                 out,
-                "connector {}: published {}, already done {}, rejected {}",
+                "connector {}: published {}, already done {}, rejected {}, found on the topic after a crash {}",
                 connector.name(),
                 report.published,
                 report.already_done,
-                report.rejected
+                report.rejected,
+                report.recovered
             )?;
             Ok(0)
         }
@@ -655,15 +671,28 @@ async fn up(
     let running = app::start(&config, store.clone()).await?;
     for folder in connector_folders(&config.hub.connectors_dir)? {
         let mut connector = Connector::load(&folder)?;
+        if connector.config.source.file_path().is_none() {
+            writeln!(
+                out,
+                "connector {}: not a file source, so not part of the sample data (datarun connector run starts it)",
+                connector.name()
+            )?;
+            continue;
+        }
         setup::resolve_connector_schema(&store, &mut connector).await?;
         let options = RunOptions {
             signing_key_file: data_dir
                 .join("keys")
                 .join(format!("{}.pk8", connector.config.signing_key_id)),
             state_dir: data_dir.join("connectors"),
-            source_override: Some(data_dir.join(&connector.config.source.path)),
+            source_override: connector
+                .config
+                .source
+                .file_path()
+                .map(|path| data_dir.join(path)),
             batch_size: 500,
             progress: Some(print_progress),
+            once: true,
         };
         let report = connector.run(&config.kafka_settings(), &options).await?;
         writeln!(

@@ -17,21 +17,71 @@ pub struct ConnectorConfig {
     pub mapping: MappingConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// `csv` (a header row, then one row per line) or `jsonl` (one JSON object per line;
-    /// numbers and booleans are read as their text, null as empty).
-    pub kind: SourceKind,
-    /// Relative to the connector folder unless absolute; `datarun connector run --source` overrides.
-    pub path: String,
+/// Where a connector's rows come from (`[source]`, chosen by `kind`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A header row, then one row per line.
+    Csv {
+        /// Relative to the connector folder unless absolute; `--source` overrides.
+        path: String,
+    },
+    /// One JSON object per line; numbers and booleans are read as their text, null as empty.
+    Jsonl { path: String },
+    /// The department's own table, polled by a watermark (`crate::sql`).
+    Sql {
+        /// `sqlite:<file>` or `postgres://…`; `env:NAME` reads it from the environment
+        /// variable NAME (keep passwords out of the file). `--source` overrides.
+        url: String,
+        /// `table` or `schema.table`.
+        table: String,
+        /// The primary-key column.
+        key: String,
+        /// The row's last-change column: Unix milliseconds on SQLite, `timestamptz` on
+        /// PostgreSQL. Its value is the row version (`mapping.row_version` must name it).
+        changed_at: String,
+        /// How far behind the watermark each poll reads again, for rows committed late
+        /// by long transactions: longer than the department's longest transaction.
+        #[serde(default = "default_lag_seconds")]
+        lag_seconds: u64,
+        #[serde(default = "default_poll_millis")]
+        poll_millis: u64,
+    },
+    /// An HTTP endpoint the department's system POSTs rows to (`crate::push`).
+    Http {
+        /// The address to listen on, e.g. `127.0.0.1:8181`.
+        listen: String,
+        /// How long a request waits for the broker's acknowledgement before it is
+        /// answered 503 (the department then retries the same request).
+        #[serde(default = "default_ack_timeout_seconds")]
+        ack_timeout_seconds: u64,
+        /// The environment variable holding the bearer token callers must present;
+        /// without it the endpoint takes any caller (bind it to loopback then).
+        #[serde(default)]
+        token_env: Option<String>,
+    },
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    Csv,
-    Jsonl,
+fn default_lag_seconds() -> u64 {
+    60
+}
+
+fn default_poll_millis() -> u64 {
+    1000
+}
+
+fn default_ack_timeout_seconds() -> u64 {
+    10
+}
+
+impl SourceConfig {
+    /// The file a `csv` or `jsonl` source reads.
+    pub fn file_path(&self) -> Option<&str> {
+        match self {
+            Self::Csv { path } | Self::Jsonl { path } => Some(path),
+            Self::Sql { .. } | Self::Http { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

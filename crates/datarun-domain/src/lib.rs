@@ -6,6 +6,7 @@ pub mod audit;
 pub mod consent;
 pub mod date;
 pub mod envelope;
+pub mod faults;
 pub mod ids;
 pub mod keys;
 pub mod limits;

@@ -140,8 +140,9 @@ impl RecordPublisher {
         Ok((delivery.partition, delivery.offset))
     }
 
-    /// Sends many records concurrently and waits for every acknowledgement, in order.
-    pub async fn publish_all(&self, records: &[SignedRecord]) -> Result<()> {
+    /// Sends many records concurrently and waits for every acknowledgement, in order;
+    /// returns where the broker put each one (partition, offset).
+    pub async fn publish_all(&self, records: &[SignedRecord]) -> Result<Vec<(i32, i64)>> {
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
             let topic = self
@@ -158,15 +159,132 @@ impl RecordPublisher {
                 Err((error, _)) => return Err(KafkaError::Client(error)),
             }
         }
+        let mut placed = Vec::with_capacity(pending.len());
         for delivery in pending {
             match delivery.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivery)) => placed.push((delivery.partition, delivery.offset)),
                 Ok(Err((error, _))) => return Err(KafkaError::Client(error)),
                 Err(_) => return Err(KafkaError::Broker("producer dropped a delivery".into())),
             }
         }
-        Ok(())
+        Ok(placed)
     }
+}
+
+/// How long reading a topic's partitions and end offsets may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The next offset of every partition of `topic` (its high watermark): where the next
+/// message published to it will land.
+pub async fn end_offsets(settings: &KafkaSettings, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let config = settings.client_config();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+        let mut ends = BTreeMap::new();
+        for found in metadata.topics() {
+            if let Some(error) = found.error() {
+                return Err(KafkaError::Broker(format!(
+                    "topic {topic}: {}",
+                    RDKafkaErrorCode::from(error)
+                )));
+            }
+            for partition in found.partitions() {
+                let (_, high) =
+                    consumer.fetch_watermarks(&topic, partition.id(), METADATA_TIMEOUT)?;
+                ends.insert(partition.id(), high);
+            }
+        }
+        Ok(ends)
+    })
+    .await
+    .map_err(|error| KafkaError::Broker(format!("reading end offsets: {error}")))?
+}
+
+/// How long a scan keeps reading once it has reached the ends the broker reported: a
+/// broker whose high watermark lags its log (tansu 0.6's in-memory engine reports
+/// fewer) still delivers the rest within it.
+const SCAN_SETTLE: Duration = Duration::from_millis(1_000);
+
+/// What a topic holds past given offsets: the record id of every committed message from
+/// `from[partition]` (0 for a partition not named) to each partition's end, and the
+/// offset past the last message read in each partition. A publisher that crashed
+/// between the broker's acknowledgement and its own checkpoint finds here what it must
+/// not send again. The scan reads until it has passed both the ends the broker reports
+/// and `from`, and then nothing more arrived for a second; it gives up after `limit`,
+/// as an error rather than a partial answer.
+pub async fn record_ids_since(
+    settings: &KafkaSettings,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    limit: Duration,
+) -> Result<(std::collections::HashSet<String>, BTreeMap<i32, i64>)> {
+    let ends = end_offsets(settings, topic).await?;
+    let mut config = settings.client_config();
+    config
+        .set("group.id", "datarun-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    let topic = topic.to_owned();
+    let from = from.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut ids = std::collections::HashSet::new();
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        // Where each partition counts as read to its end, and where it was read to.
+        let mut targets: HashMap<i32, i64> = HashMap::new();
+        let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
+        for (&partition, &end) in &ends {
+            let start = from.get(&partition).copied().unwrap_or(0).max(0);
+            assignment.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(start))?;
+            read_to.insert(partition, start);
+            if start < end {
+                targets.insert(partition, end);
+            }
+        }
+        if read_to.is_empty() {
+            return Ok((ids, read_to));
+        }
+        let consumer: BaseConsumer = config.create()?;
+        consumer.assign(&assignment)?;
+        let deadline = std::time::Instant::now() + limit;
+        let mut last_message = std::time::Instant::now();
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Broker(format!(
+                    "reading {topic} to its end took longer than {limit:?}"
+                )));
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                if targets.is_empty() && last_message.elapsed() >= SCAN_SETTLE {
+                    return Ok((ids, read_to));
+                }
+                continue;
+            };
+            let message = message?;
+            last_message = std::time::Instant::now();
+            let partition = message.partition();
+            read_to.insert(partition, message.offset() + 1);
+            if let Some(headers) = message.headers() {
+                for header in headers.iter() {
+                    if header.key == wire::RECORD_ID {
+                        if let Some(value) = header.value {
+                            ids.insert(String::from_utf8_lossy(value).into_owned());
+                        }
+                    }
+                }
+            }
+            if targets
+                .get(&partition)
+                .is_some_and(|&end| message.offset() + 1 >= end)
+            {
+                targets.remove(&partition);
+            }
+        }
+    })
+    .await
+    .map_err(|error| KafkaError::Broker(format!("reading {error}")))?
 }
 
 /// A message read from a records topic: its position and the record, or why its

@@ -13,7 +13,7 @@
 mod actors;
 mod audit;
 mod consents;
-pub mod faults;
+pub use datarun_domain::faults;
 mod records;
 mod registry;
 mod rejections;

@@ -2,7 +2,8 @@
 //! aborts the process (no destructors, no flushing, like `kill -9`) the n-th time
 //! execution reaches `<point>`. Unset, each point costs one atomic load. The points
 //! (`docs/ARCHITECTURE.md`) sit between the steps whose order makes ingest
-//! exactly-once: checks, store commit, dead letters, offsets.
+//! exactly-once: checks, store commit, dead letters, offsets; and in a connector,
+//! between the broker's acknowledgement of a batch and the checkpoint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
