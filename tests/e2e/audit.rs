@@ -4,12 +4,13 @@
 use crate::harness::{repo_root, Broker, Db, TestEnv};
 use serde_json::json;
 
-/// How many schema registrations `datarun up` audits before anything else: one per
-/// schema file.
+/// How many events setting up the reference world audits before anything else: one
+/// registration per schema file, one key registration per department.
 pub fn setup_events() -> usize {
     datarun_cli::setup::schema_files(&repo_root().join("schemas"))
         .unwrap()
         .len()
+        + datarun_cli::setup::DEPARTMENTS.len()
 }
 
 /// Three citizens each grant a consent for themselves: three audit events, after the

@@ -6,6 +6,7 @@ mod harness;
 mod poison;
 mod registry;
 mod rejections;
+mod rotation;
 mod sources;
 mod store;
 mod upgrade;

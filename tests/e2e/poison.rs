@@ -306,6 +306,7 @@ async fn generated_keys_work_in_openssl_and_python() {
         hub.running
             .store
             .add_signing_key(
+                "operator-cli",
                 &DepartmentId::parse("health").unwrap(),
                 &KeyId::parse(&key_id).unwrap(),
                 &hex::decode(public_key).unwrap(),

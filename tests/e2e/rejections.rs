@@ -42,6 +42,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
     let tax_key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
     store
         .add_signing_key(
+            "operator-cli",
             &DepartmentId::parse("tax").unwrap(),
             &KeyId::parse("tax-desk-2026").unwrap(),
             tax_key.public_key().as_ref(),
@@ -64,6 +65,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         let key_id = KeyId::parse(key_id).unwrap();
         store
             .add_signing_key(
+                "operator-cli",
                 &health,
                 &key_id,
                 key.public_key().as_ref(),
@@ -75,7 +77,7 @@ async fn every_rejection_reason_reaches_the_dead_letter_topic() {
         health_keys.push((key, key_id));
     }
     store
-        .revoke_signing_key(&health_keys[0].1, now - 60_000)
+        .revoke_signing_key("operator-cli", &health_keys[0].1, now - 60_000)
         .await
         .unwrap();
     let signed_by = |index: usize, record_id: &str, signed_at: i64| {
@@ -322,6 +324,7 @@ async fn third_party_client_records_are_verified_byte_for_byte() {
     hub.running
         .store
         .add_signing_key(
+            "operator-cli",
             &DepartmentId::parse("health").unwrap(),
             &KeyId::parse("health-py").unwrap(),
             key.public_key().as_ref(),

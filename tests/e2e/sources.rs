@@ -56,6 +56,7 @@ async fn start_connector(env: &TestEnv, folder: &std::path::Path) -> tokio::task
     let kafka = env.kafka();
     let options = RunOptions {
         signing_key_file: env.health_key_file(),
+        key_dir: None,
         state_dir: env.dir.join("connector-state"),
         source_override: None,
         batch_size: 500,

@@ -153,6 +153,16 @@ enum KeyCommand {
     /// Revoke a key now: every record signed with it that the hub receives from now on
     /// is rejected (key_revoked), whatever signing time it claims.
     Revoke { key_id: String },
+    /// Give a department a new key: generates <data_dir>/keys/<department>-<ms>.pk8,
+    /// registers it, ends the department's other keys after the overlap, and points
+    /// <data_dir>/keys/<department>.current at it, so the department's connectors sign
+    /// with it from their next batch, without a restart. Audited (key_rotated).
+    Rotate {
+        department: String,
+        /// How long records under the old keys are still taken (90s, 30m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        overlap: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +361,7 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                         hex::decode(public_key.trim()).context("public key must be hex")?;
                     store
                         .add_signing_key(
+                            setup::OPERATOR_CLI,
                             &DepartmentId::parse(&department)?,
                             &KeyId::parse(&key_id)?,
                             &public_key,
@@ -360,10 +371,51 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                         .await?;
                     writeln!(out, "key {key_id} registered for {department}")?;
                 }
+                KeyCommand::Rotate {
+                    department,
+                    overlap,
+                } => {
+                    let department = DepartmentId::parse(&department)?;
+                    let overlap_millis = parse_duration_millis(&overlap)?;
+                    let store = app::open_store(&config).await?;
+                    let key_dir = config.hub.data_dir.join("keys");
+                    let key_id =
+                        KeyId::parse(&format!("{department}-{}", datarun_store::now_millis()))?;
+                    let key_file = key_dir.join(format!("{key_id}.pk8"));
+                    let public_key = setup::generate_key(&key_file, setup::KeyFormat::Der)?;
+                    let ended = store
+                        .rotate_signing_key(
+                            setup::OPERATOR_CLI,
+                            &department,
+                            &key_id,
+                            &public_key,
+                            overlap_millis,
+                        )
+                        .await?;
+                    // Only a registered key becomes current: a connector never signs
+                    // with a key the hub does not know.
+                    datarun_connector::keys::set_current_key(&key_dir, &department, &key_id)?;
+                    writeln!(
+                        out,
+                        "key {key_id} registered for {department} ({}); {} taken for {overlap} more; \
+                         connectors signing from {} switch at their next batch",
+                        key_file.display(),
+                        if ended.is_empty() {
+                            "no earlier key is".to_owned()
+                        } else {
+                            format!("records under {} are", ended.join(", "))
+                        },
+                        key_dir.display()
+                    )?;
+                }
                 KeyCommand::Revoke { key_id } => {
                     let store = app::open_store(&config).await?;
                     store
-                        .revoke_signing_key(&KeyId::parse(&key_id)?, datarun_store::now_millis())
+                        .revoke_signing_key(
+                            setup::OPERATOR_CLI,
+                            &KeyId::parse(&key_id)?,
+                            datarun_store::now_millis(),
+                        )
                         .await?;
                     writeln!(out, "key {key_id} revoked")?;
                 }
@@ -426,13 +478,13 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             let store = app::open_store(&config).await?;
             setup::resolve_connector_schema(&store, &mut connector).await?;
             store.close().await;
+            // Without --signing-key the connector follows the department's key
+            // directory, and `datarun key rotate` switches it without a restart.
+            let key_dir = config.hub.data_dir.join("keys");
             let options = RunOptions {
+                key_dir: signing_key.is_none().then(|| key_dir.clone()),
                 signing_key_file: signing_key.unwrap_or_else(|| {
-                    config
-                        .hub
-                        .data_dir
-                        .join("keys")
-                        .join(format!("{}.pk8", connector.config.signing_key_id))
+                    key_dir.join(format!("{}.pk8", connector.config.signing_key_id))
                 }),
                 state_dir: state_dir.unwrap_or_else(|| config.hub.data_dir.join("connectors")),
                 source_override: source,
@@ -592,18 +644,28 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(millis) = text.parse::<i64>() {
         return Ok(millis);
     }
+    let ago = parse_duration_millis(text)
+        .with_context(|| "--since must be Unix milliseconds or a duration like 30m, 2h, 7d")?;
+    Ok(datarun_store::now_millis() - ago)
+}
+
+/// A duration like `90s`, `30m`, `24h` or `7d`, in milliseconds.
+fn parse_duration_millis(text: &str) -> anyhow::Result<i64> {
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let unit_millis = match unit {
+    let unit_millis: i64 = match unit {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => bail!("--since must be Unix milliseconds or a duration like 30m, 2h, 7d"),
+        _ => bail!("{text:?} is not a duration like 90s, 30m, 24h or 7d"),
     };
     let amount: i64 = number
         .parse()
-        .with_context(|| format!("--since {text}: not a number of {unit}"))?;
-    Ok(datarun_store::now_millis() - amount.saturating_mul(unit_millis))
+        .with_context(|| format!("{text:?}: not a whole number of {unit}"))?;
+    if !(0..=3_650 * 86_400).contains(&amount.saturating_mul(unit_millis / 1_000)) {
+        bail!("{text:?}: a duration from 0 to ten years");
+    }
+    Ok(amount * unit_millis)
 }
 
 /// The backfill's progress on stderr: redrawn in place on a terminal, a line per batch
@@ -684,6 +746,7 @@ async fn up(
             signing_key_file: data_dir
                 .join("keys")
                 .join(format!("{}.pk8", connector.config.signing_key_id)),
+            key_dir: Some(data_dir.join("keys")),
             state_dir: data_dir.join("connectors"),
             source_override: connector
                 .config

@@ -240,7 +240,14 @@ pub async fn reference_world(
             generate_key(&key_file, KeyFormat::Der)?
         };
         store
-            .add_signing_key(&department, &reference_key_id(id)?, &public_key, 0, None)
+            .add_signing_key(
+                OPERATOR_CLI,
+                &department,
+                &reference_key_id(id)?,
+                &public_key,
+                0,
+                None,
+            )
             .await?;
         for record_type in record_types
             .iter()

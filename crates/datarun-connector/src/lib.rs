@@ -8,6 +8,7 @@
 //! signed again, at a later time).
 
 pub mod config;
+pub mod keys;
 pub mod population;
 pub mod push;
 pub mod sample;
@@ -52,6 +53,10 @@ pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
 pub struct RunOptions {
     /// The department's private key (PKCS#8 v1 or v2, DER or PEM).
     pub signing_key_file: PathBuf,
+    /// The department's key directory, when the connector follows key rotations: the
+    /// key named by `<department>.current` there replaces `signing_key_file` (see
+    /// [`keys`]), looked up again before every batch.
+    pub key_dir: Option<PathBuf>,
     /// Where the checkpoint and the rejected-rows file live.
     pub state_dir: PathBuf,
     /// Overrides the source path in `connector.toml`.
@@ -295,11 +300,30 @@ impl Connector {
         self.sign_row_at(row, key_pair, now_millis())
     }
 
+    /// Maps one source row to a record signed now by `signer`.
+    pub fn sign_row_with(
+        &self,
+        row: &BTreeMap<String, String>,
+        signer: &keys::Signer,
+    ) -> Result<SignedRecord, String> {
+        self.sign_row_as(row, &signer.key_pair, &signer.key_id, now_millis())
+    }
+
     /// Maps one source row to a record signed at `signed_at_millis`.
     pub fn sign_row_at(
         &self,
         row: &BTreeMap<String, String>,
         key_pair: &Ed25519KeyPair,
+        signed_at_millis: i64,
+    ) -> Result<SignedRecord, String> {
+        self.sign_row_as(row, key_pair, &self.signing_key_id, signed_at_millis)
+    }
+
+    fn sign_row_as(
+        &self,
+        row: &BTreeMap<String, String>,
+        key_pair: &Ed25519KeyPair,
+        key_id: &KeyId,
         signed_at_millis: i64,
     ) -> Result<SignedRecord, String> {
         let mapping = &self.config.mapping;
@@ -356,7 +380,7 @@ impl Connector {
             record_type: self.record_type.clone(),
             subject,
             signed_at_millis,
-            signing_key_id: self.signing_key_id.clone(),
+            signing_key_id: key_id.clone(),
         };
         Ok(envelope.sign(
             datarun_domain::envelope::framing::frame(schema_id, &body),
@@ -380,14 +404,12 @@ impl Connector {
                 ),
             });
         }
-        let key_bytes = std::fs::read(&options.signing_key_file)
-            .map_err(io_error(&options.signing_key_file))?;
-        let key_pair = datarun_domain::keys::parse_private_key(&key_bytes).map_err(|error| {
-            ConnectorError::Key {
-                path: options.signing_key_file.clone(),
-                message: error.to_string(),
-            }
-        })?;
+        let mut keys = keys::KeyRing::open(
+            &options.signing_key_file,
+            &self.signing_key_id,
+            options.key_dir.as_deref(),
+            &self.department,
+        )?;
         std::fs::create_dir_all(&options.state_dir).map_err(io_error(&options.state_dir))?;
         match &self.config.source {
             config::SourceConfig::Csv { path } | config::SourceConfig::Jsonl { path } => {
@@ -403,7 +425,7 @@ impl Connector {
                 self.run_rows(
                     kafka,
                     options,
-                    &key_pair,
+                    &mut keys,
                     &source.display().to_string(),
                     rows,
                 )
@@ -435,7 +457,7 @@ impl Connector {
                     changed_column: changed_at.clone(),
                 };
                 let outcome = self
-                    .run_sql(kafka, options, &key_pair, &sql, &polling)
+                    .run_sql(kafka, options, &mut keys, &sql, &polling)
                     .await;
                 sql.close().await;
                 outcome
@@ -457,7 +479,7 @@ impl Connector {
                 push::serve(
                     self,
                     kafka,
-                    key_pair,
+                    keys,
                     push::PushSettings {
                         listen: listen.clone(),
                         ack_timeout: std::time::Duration::from_secs(*ack_timeout_seconds),
@@ -504,7 +526,7 @@ impl Connector {
         &self,
         kafka: &KafkaSettings,
         options: &RunOptions,
-        key_pair: &Ed25519KeyPair,
+        keys: &mut keys::KeyRing,
         source: &str,
         rows: Vec<(u64, BTreeMap<String, String>)>,
     ) -> Result<RunReport> {
@@ -533,10 +555,11 @@ impl Connector {
             checkpoint.publishing_through = through;
             checkpoint.in_flight = true;
             self.write_checkpoint(&options.state_dir, &checkpoint)?;
+            let signer = keys.current()?;
             let mut records = Vec::with_capacity(batch.len());
             let mut rejects = Vec::new();
             for (line, row) in batch {
-                match self.sign_row(row, key_pair) {
+                match self.sign_row_with(row, &signer) {
                     Ok(record) if on_topic.contains(record.envelope.record_id.as_str()) => {
                         report.recovered += 1;
                     }

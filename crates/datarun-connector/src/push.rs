@@ -17,6 +17,7 @@
 //! the record on the topic a second time; the hub stores it once (same record id, same
 //! content).
 
+use crate::keys::KeyRing;
 use crate::{Connector, ConnectorError, Result, RunReport};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -25,7 +26,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use datarun_domain::SignedRecord;
 use datarun_kafka::{KafkaSettings, RecordPublisher};
-use ring::signature::Ed25519KeyPair;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -58,17 +58,17 @@ struct Deliveries {
 
 struct Push {
     connector: Connector,
-    key_pair: Ed25519KeyPair,
+    keys: Mutex<KeyRing>,
     publisher: RecordPublisher,
     settings: PushSettings,
     deliveries: Mutex<Deliveries>,
 }
 
 /// Serves `POST /records` (and `GET /healthz`) until the future is dropped.
-pub async fn serve(
+pub(crate) async fn serve(
     connector: &Connector,
     kafka: &KafkaSettings,
-    key_pair: Ed25519KeyPair,
+    keys: KeyRing,
     settings: PushSettings,
 ) -> Result<RunReport> {
     let listener = tokio::net::TcpListener::bind(&settings.listen)
@@ -84,7 +84,7 @@ pub async fn serve(
     tracing::info!(connector = %connector.name(), %address, "push endpoint listening");
     let state = Arc::new(Push {
         connector: connector.clone(),
-        key_pair,
+        keys: Mutex::new(keys),
         publisher: RecordPublisher::new(kafka)?,
         settings,
         deliveries: Mutex::default(),
@@ -169,10 +169,26 @@ async fn receive(State(push): State<Arc<Push>>, headers: HeaderMap, body: String
             )
         }
     };
+    let signer = match push
+        .keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .current()
+    {
+        Ok(signer) => signer,
+        Err(error) => {
+            tracing::error!(%error, "the signing key could not be loaded");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "signing_key_unavailable",
+                "the connector cannot load its signing key".into(),
+            );
+        }
+    };
     let mut records = Vec::with_capacity(rows.len());
     for (index, object) in rows.into_iter().enumerate() {
         let signed = crate::columns_as_text(object)
-            .and_then(|columns| push.connector.sign_row(&columns, &push.key_pair));
+            .and_then(|columns| push.connector.sign_row_with(&columns, &signer));
         match signed {
             Ok(record) => records.push(record),
             Err(message) => {

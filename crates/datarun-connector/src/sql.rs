@@ -83,7 +83,7 @@ impl crate::Connector {
         &self,
         kafka: &datarun_kafka::KafkaSettings,
         options: &crate::RunOptions,
-        key_pair: &ring::signature::Ed25519KeyPair,
+        keys: &mut crate::keys::KeyRing,
         source: &SqlSource,
         polling: &Polling,
     ) -> Result<crate::RunReport> {
@@ -115,6 +115,7 @@ impl crate::Connector {
                 let Some(last) = page.last() else { break };
                 after = (last.changed_millis, last.key.clone());
                 let full = page.len() == PAGE_ROWS;
+                let signer = keys.current()?;
                 let mut records = Vec::new();
                 let mut published = Vec::new();
                 let mut rejects = Vec::new();
@@ -124,7 +125,7 @@ impl crate::Connector {
                         polling.changed_column.clone(),
                         row.changed_millis.to_string(),
                     );
-                    match self.sign_row(&columns, key_pair) {
+                    match self.sign_row_with(&columns, &signer) {
                         Ok(record) => {
                             let id = record.envelope.record_id.to_string();
                             if watermark.recent.contains_key(&id) {

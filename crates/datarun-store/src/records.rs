@@ -475,6 +475,20 @@ impl Store {
     }
 
     /// How many current certificates each record type has.
+    /// Stored records per signing key id.
+    pub async fn records_per_key(&self) -> Result<BTreeMap<String, i64>> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT signing_key_id, COUNT(*) AS n FROM records GROUP BY signing_key_id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((text(row, "signing_key_id")?, integer(row, "n")?)))
+                .collect()
+        })
+    }
+
     pub async fn certificate_counts(&self) -> Result<BTreeMap<String, i64>> {
         on_pool!(self, |pool| {
             let rows = sqlx::query(
