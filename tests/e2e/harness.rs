@@ -100,9 +100,26 @@ impl TestEnv {
 
     /// Like [`TestEnv::new`], with PostgreSQL databases created through `postgres_admin`.
     pub async fn on_postgres(db: Db, broker: Broker, postgres_admin: &str) -> Self {
+        Self::build(db, broker, postgres_admin, false).await
+    }
+
+    /// A world as it was before any schema had a second version: only the `.v1.avsc`
+    /// files are registered and the connectors publish version 1, so a test can evolve a
+    /// subject from version 1 itself.
+    pub async fn first_versions(db: Db, broker: Broker) -> Self {
+        Self::build(db, broker, &postgres_admin_url(), true).await
+    }
+
+    async fn build(db: Db, broker: Broker, postgres_admin: &str, first_versions: bool) -> Self {
         let name = unique("datarun");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
+        let root = repo_root();
+        let (schemas_dir, connectors_dir) = if first_versions {
+            first_version_world(&root, &dir.join("first-versions"))
+        } else {
+            (root.join("schemas"), root.join("connectors"))
+        };
         let broker = BrokerHandle::start(broker, &dir);
         let database_url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.join("datarun.db").display()),
@@ -114,7 +131,6 @@ impl TestEnv {
                 format!("{base}/{name}")
             }
         };
-        let root = repo_root();
         let config_text = format!(
             r#"
 [hub]
@@ -135,8 +151,8 @@ create_topics = {create_topics}
 start_local = false
 "#,
             data = dir.display(),
-            schemas = root.join("schemas").display(),
-            connectors = root.join("connectors").display(),
+            schemas = schemas_dir.display(),
+            connectors = connectors_dir.display(),
             bootstrap = broker.bootstrap_servers(),
             create_topics = matches!(broker, BrokerHandle::Tansu(_)),
         );
@@ -147,7 +163,7 @@ start_local = false
             // The mock cluster creates no topics by itself: one per schema's record type.
             let kafka = config.kafka_settings();
             let mut topics = vec![kafka.dead_letter_topic()];
-            for file in datarun_cli::setup::schema_files(&root.join("schemas")).unwrap() {
+            for file in datarun_cli::setup::schema_files(&schemas_dir).unwrap() {
                 let (record_type, _) = datarun_cli::setup::schema_identity(&file).unwrap();
                 let topic = kafka.records_topic(record_type.as_str());
                 if !topics.contains(&topic) {
@@ -290,7 +306,11 @@ start_local = false
     /// The health connector, given its schema's registry id from the prepared hub.
     pub async fn health_connector(&self) -> datarun_connector::Connector {
         let mut connector = datarun_connector::Connector::load(
-            &repo_root().join("connectors/health.birth_certificate"),
+            &self
+                .config
+                .hub
+                .connectors_dir
+                .join("health.birth_certificate"),
         )
         .unwrap();
         let store = datarun_cli::app::open_store(&self.config).await.unwrap();
@@ -302,7 +322,11 @@ start_local = false
     }
 
     pub async fn run_connector(&self, source: &Path) -> String {
-        let connector = repo_root().join("connectors/health.birth_certificate");
+        let connector = self
+            .config
+            .hub
+            .connectors_dir
+            .join("health.birth_certificate");
         let (code, out) = self
             .cli(&[
                 "connector",
@@ -315,6 +339,49 @@ start_local = false
         assert_eq!(code, 0, "{out}");
         out
     }
+}
+
+/// Copies of the repository's `.v1.avsc` schemas and of its connectors, each set to
+/// publish version 1, under `into`: (schemas dir, connectors dir).
+fn first_version_world(root: &Path, into: &Path) -> (PathBuf, PathBuf) {
+    let schemas = into.join("schemas");
+    let connectors = into.join("connectors");
+    for file in datarun_cli::setup::schema_files(&root.join("schemas")).unwrap() {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".v1.avsc") {
+            continue;
+        }
+        let department = file.parent().unwrap().file_name().unwrap();
+        let target = schemas.join(department).join(&name);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+    for entry in std::fs::read_dir(root.join("connectors")).unwrap() {
+        let folder = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(folder.join("connector.toml")) else {
+            continue;
+        };
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("schema_version = ") {
+                out.push_str("schema_version = 1\n");
+            } else if let Some(path) = line.strip_prefix("schema = ") {
+                let relative = path.trim_matches('"').replace(".v2.avsc", ".v1.avsc");
+                let relative = relative.trim_start_matches("../../schemas/");
+                out.push_str(&format!(
+                    "schema = \"{}\"\n",
+                    schemas.join(relative).display()
+                ));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        let target = connectors.join(folder.file_name().unwrap());
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("connector.toml"), out).unwrap();
+    }
+    (schemas, connectors)
 }
 
 pub struct TestHub {

@@ -8,6 +8,7 @@ mod registry;
 mod rejections;
 mod rotation;
 mod sources;
+mod status;
 mod store;
 mod upgrade;
 mod world;

@@ -69,7 +69,7 @@ fn with_field(base: &Value, field: Value) -> String {
 
 async fn registry_api(db: Db) {
     use reqwest::Method;
-    let env = TestEnv::new(db, Broker::Mock).await;
+    let env = TestEnv::first_versions(db, Broker::Mock).await;
     let hub = env.start().await;
     let operator = env
         .token(&["--role", "operator", "--name", "registry admin"])
@@ -551,7 +551,7 @@ async fn registry_api_postgres() {
 /// with the field's path for an incompatible one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_schema_registry_client_works_against_the_hub() {
-    let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
+    let env = TestEnv::first_versions(Db::Sqlite, Broker::Mock).await;
     let hub = env.start().await;
     let operator = env
         .token(&["--role", "operator", "--name", "registry admin"])
@@ -598,7 +598,7 @@ async fn confluent_schema_registry_client_works_against_the_hub() {
 /// and stores it, and `AvroDeserializer` reads the records back from the topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_serializer_output_is_stored_and_deserializes() {
-    let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
+    let env = TestEnv::first_versions(Db::Sqlite, Broker::Mock).await;
     let hub = env.start().await;
     let department = env.department_token("health").await;
     let connector = env.health_connector().await;
@@ -681,7 +681,7 @@ async fn confluent_serializer_output_is_stored_and_deserializes() {
 /// sensitive ones only when it names them.
 async fn sensitivity_travels_with_the_schema(db: Db) {
     use reqwest::Method;
-    let env = TestEnv::new(db, Broker::Mock).await;
+    let env = TestEnv::first_versions(db, Broker::Mock).await;
     let hub = env.start().await;
     let operator = env
         .token(&["--role", "operator", "--name", "registry admin"])

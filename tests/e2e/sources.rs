@@ -13,15 +13,17 @@ use tokio::time::Instant;
 /// A connector folder in the test's directory: the health connector's mapping with
 /// `source` instead of its CSV file.
 fn connector_folder(env: &TestEnv, name: &str, source: &str) -> PathBuf {
-    let root = harness::repo_root();
-    let health =
-        std::fs::read_to_string(root.join("connectors/health.birth_certificate/connector.toml"))
-            .unwrap();
-    let schema = root.join("schemas/health/birth_certificate.v1.avsc");
+    let health_folder = env
+        .config
+        .hub
+        .connectors_dir
+        .join("health.birth_certificate");
+    let health = std::fs::read_to_string(health_folder.join("connector.toml")).unwrap();
     let mut text = String::new();
     let mut skipping = false;
     for line in health.lines() {
-        if line.starts_with("schema = ") {
+        if let Some(relative) = line.strip_prefix("schema = ") {
+            let schema = health_folder.join(relative.trim_matches('"'));
             text.push_str(&format!("schema = \"{}\"\n", schema.display()));
             continue;
         }

@@ -49,6 +49,8 @@ fn record(
             signature: vec![0; 64],
             fields_json: serde_json::Value::Object(fields).to_string(),
             guardians: vec!["440104198503125841".into()],
+            status: "VALID".into(),
+            superseded_by: None,
         }),
     }
 }

@@ -184,6 +184,8 @@ async fn skeleton_database_migrates(db: Db) {
             signature: vec![0xcd, 0xcd],
             fields_json: "{}".into(),
             guardians: Vec::new(),
+            status: "VALID".into(),
+            superseded_by: None,
         }),
     };
     assert_eq!(

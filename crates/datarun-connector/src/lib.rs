@@ -209,11 +209,20 @@ impl Connector {
         let schema_path = folder.join(&config.schema);
         let definition = std::fs::read_to_string(&schema_path).map_err(io_error(&schema_path))?;
         let schema = RecordSchema::parse(record_type.clone(), config.schema_version, &definition)?;
+        // A field with a default may stay unmapped (a department whose source has no
+        // status column publishes every certificate VALID, say).
         for field in schema.fields() {
-            if !config.mapping.fields.contains_key(&field.name) {
+            if !field.has_default && !config.mapping.fields.contains_key(&field.name) {
                 return Err(invalid(format!(
                     "mapping has no source column for schema field {}",
                     field.name
+                )));
+            }
+        }
+        for field in config.mapping.fields.keys() {
+            if !schema.fields().iter().any(|f| &f.name == field) {
+                return Err(invalid(format!(
+                    "mapping names {field}, which the schema does not have"
                 )));
             }
         }

@@ -648,6 +648,8 @@ impl TrustContext {
             signing_key_id: envelope.signing_key_id.to_string(),
             content_digest: envelope.content_digest(&record.payload),
             signature: record.signature.clone(),
+            status: validated.status,
+            superseded_by: validated.superseded_by,
             fields_json: serde_json::Value::Object(validated.fields).to_string(),
             guardians: validated
                 .guardians

@@ -75,7 +75,16 @@ pub enum FieldRole {
     Subject,
     /// A person who may act for a minor subject (parents on a birth certificate).
     Guardian,
+    /// The certificate's status: an enum with `VALID` among its symbols (and, as the
+    /// reference schemas have it, `REVOKED` 吊销, `CANCELLED` 注销, `SUPERSEDED`). A
+    /// department changes a certificate's status by publishing a new version with it.
+    Status,
+    /// The certificate that replaced this one, when its status is `SUPERSEDED`.
+    SupersededBy,
 }
+
+/// A certificate's status when its schema has no status field.
+pub const STATUS_VALID: &str = "VALID";
 
 /// The field types datarun's schemas use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +108,11 @@ pub struct FieldSpec {
     pub not_in_future: bool,
     /// From `datarun.sensitivity`; `personal` when the field does not say.
     pub sensitivity: Sensitivity,
+    /// The field has an Avro default, so a connector may leave it unmapped.
+    pub has_default: bool,
+    /// That default as source text (a string, enum symbol, number or boolean; a null
+    /// default is empty text).
+    pub default_text: Option<String>,
 }
 
 /// A payload that passed every rule, rendered as JSON for storage and release.
@@ -107,6 +121,9 @@ pub struct ValidatedPayload {
     pub certificate_id: CertificateId,
     pub subject: String,
     pub guardians: Vec<ResidentId>,
+    /// The status field's value, `VALID` when the schema has none.
+    pub status: String,
+    pub superseded_by: Option<String>,
     pub fields: Map<String, Json>,
 }
 
@@ -224,6 +241,28 @@ impl RecordSchema {
                 Some("certificate") => Some(FieldRole::Certificate),
                 Some("subject") => Some(FieldRole::Subject),
                 Some("guardian") => Some(FieldRole::Guardian),
+                Some("status") => match &kind {
+                    FieldKind::Enum(symbols) if symbols.iter().any(|s| s == STATUS_VALID) => {
+                        Some(FieldRole::Status)
+                    }
+                    _ => {
+                        return Err(field_error(
+                            &name,
+                            "a status field is an enum with VALID among its symbols",
+                        ))
+                    }
+                },
+                Some("superseded_by") => match &kind {
+                    FieldKind::Nullable(inner) if **inner == FieldKind::String => {
+                        Some(FieldRole::SupersededBy)
+                    }
+                    _ => {
+                        return Err(field_error(
+                            &name,
+                            "a superseded_by field is a [\"null\", \"string\"] union",
+                        ))
+                    }
+                },
                 Some(other) => return Err(field_error(&name, format!("unknown role {other}"))),
             };
             let not_in_future = match raw.get("datarun.rule").and_then(Json::as_str) {
@@ -233,6 +272,13 @@ impl RecordSchema {
             };
             let sensitivity =
                 Sensitivity::of_field(raw).map_err(|message| field_error(&name, message))?;
+            let default = raw.get("default");
+            let default_text = default.and_then(|value| match value {
+                Json::String(text) => Some(text.clone()),
+                Json::Number(number) => Some(number.to_string()),
+                Json::Bool(flag) => Some(flag.to_string()),
+                _ => None,
+            });
             fields.push(FieldSpec {
                 name,
                 kind,
@@ -240,7 +286,20 @@ impl RecordSchema {
                 role,
                 not_in_future,
                 sensitivity,
+                has_default: default.is_some(),
+                default_text,
             });
+        }
+        for (role, label) in [
+            (FieldRole::Status, "status"),
+            (FieldRole::SupersededBy, "superseded_by"),
+        ] {
+            if fields.iter().filter(|f| f.role == Some(role)).count() > 1 {
+                return Err(SchemaError::Field {
+                    field: label.into(),
+                    message: format!("at most one field has the {label} role"),
+                });
+            }
         }
         for (role, label) in [
             (FieldRole::Certificate, "certificate"),
@@ -344,6 +403,8 @@ impl RecordSchema {
         let mut certificate_id = None;
         let mut subject = None;
         let mut guardians = Vec::new();
+        let mut status = STATUS_VALID.to_owned();
+        let mut superseded_by = None;
         for (spec, (_, value)) in self.fields.iter().zip(values) {
             if matches!(value, Value::Null) && !matches!(spec.kind, FieldKind::Nullable(_)) {
                 // apache-avro decodes a string cut short by the end of the payload as
@@ -373,9 +434,13 @@ impl RecordSchema {
                             }
                         }),
                         IdentifierKind::CreditCode => CreditCode::parse(text).map(drop),
-                        IdentifierKind::CertificateId => {
-                            CertificateId::parse(text).map(|id| certificate_id = Some(id))
-                        }
+                        // Only the certificate's own identifier names it (another field,
+                        // like superseded_by, may hold a certificate id too).
+                        IdentifierKind::CertificateId => CertificateId::parse(text).map(|id| {
+                            if spec.role == Some(FieldRole::Certificate) {
+                                certificate_id = Some(id);
+                            }
+                        }),
                         // A resident ID is all digits but perhaps a final X; a credit code
                         // starts with its registering authority's code and is checked as one.
                         IdentifierKind::TaxpayerId => match ResidentId::parse_on(text, today) {
@@ -398,8 +463,26 @@ impl RecordSchema {
                     })?;
                 }
             }
-            if spec.role == Some(FieldRole::Subject) {
-                subject = json.as_str().map(str::to_owned);
+            match spec.role {
+                Some(FieldRole::Subject) => subject = json.as_str().map(str::to_owned),
+                Some(FieldRole::Status) => {
+                    if let Some(symbol) = json.as_str() {
+                        symbol.clone_into(&mut status);
+                    }
+                }
+                Some(FieldRole::SupersededBy) => {
+                    if let Some(id) = json.as_str() {
+                        CertificateId::parse(id).map_err(|error| {
+                            Rejection::at(
+                                RejectReason::IdentifierInvalid,
+                                &spec.name,
+                                error.without_values(),
+                            )
+                        })?;
+                        superseded_by = Some(id.to_owned());
+                    }
+                }
+                _ => {}
             }
             if spec.not_in_future {
                 if let Some(date) = json.as_str().and_then(CivilDate::parse_iso) {
@@ -420,19 +503,36 @@ impl RecordSchema {
                 "payload lacks its certificate identifier or subject",
             ));
         };
+        let names_successor = self
+            .fields
+            .iter()
+            .any(|f| f.role == Some(FieldRole::SupersededBy));
+        if status == "SUPERSEDED" && names_successor && superseded_by.is_none() {
+            return Err(Rejection::new(
+                RejectReason::SchemaInvalid,
+                "a superseded certificate names the certificate that replaced it",
+            ));
+        }
         Ok(ValidatedPayload {
             certificate_id,
             subject,
             guardians,
+            status,
+            superseded_by,
             fields,
         })
     }
 
-    /// Encodes one source row (field name → text, empty = null) as an Avro datum.
+    /// Encodes one source row (field name → text, empty = null) as an Avro datum; a
+    /// field the row does not name takes its schema default.
     pub fn encode_row(&self, row: &BTreeMap<String, String>) -> Result<Vec<u8>> {
         let mut values = Vec::with_capacity(self.fields.len());
         for spec in &self.fields {
-            let text = row.get(&spec.name).map(String::as_str).unwrap_or("");
+            let text = row
+                .get(&spec.name)
+                .or(spec.default_text.as_ref())
+                .map(String::as_str)
+                .unwrap_or("");
             let value = to_avro(&spec.kind, text).map_err(|message| SchemaError::Row {
                 field: spec.name.clone(),
                 message,

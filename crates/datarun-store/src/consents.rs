@@ -44,6 +44,10 @@ pub struct ReleasedCertificate {
     pub issuing_department: String,
     /// When the issuing department signed this version.
     pub signed_at_millis: i64,
+    /// `VALID`, or as the issuing department's latest version says: `REVOKED` (吊销),
+    /// `CANCELLED` (注销), `SUPERSEDED` (replaced by `superseded_by`).
+    pub status: String,
+    pub superseded_by: Option<String>,
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -538,7 +542,8 @@ impl Store {
             (Ok(()), Some(mut consent)) => {
                 let current = on_tx!(tx, |conn| {
                     let rows = sqlx::query(
-                        "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at, r.fields
+                        "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at,
+                             c.status, c.superseded_by, r.fields
                          FROM certificates c JOIN records r ON r.record_id = c.current_record_id
                          WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.signed_at",
                     )
@@ -554,6 +559,8 @@ impl Store {
                                 record_type: text(row, "record_type")?,
                                 issuing_department: text(row, "department_id")?,
                                 signed_at_millis: integer(row, "signed_at")?,
+                                status: text(row, "status")?,
+                                superseded_by: optional_text(row, "superseded_by")?,
                                 fields: row.fields("fields")?,
                             })
                         })

@@ -158,6 +158,11 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                     "consent schema versions",
                     include_str!("../migrations/0006_consent_schema_versions.sql"),
                 ),
+                migration(
+                    7,
+                    "certificate status",
+                    include_str!("../migrations/0007_certificate_status.sql"),
+                ),
             ])
         })
     }

@@ -30,6 +30,10 @@ pub struct StoredRecord {
     /// parallel) rather than inside the store's transaction.
     pub fields_json: String,
     pub guardians: Vec<String>,
+    /// The certificate's status as this version states it (`VALID` when its schema
+    /// has no status field).
+    pub status: String,
+    pub superseded_by: Option<String>,
 }
 
 /// Where a message was read, and the SHA-256 of all of it (key, value and headers), so a
@@ -754,14 +758,15 @@ async fn insert_records_sqlite(
         // not take the certificate's lock got here first.
         let sql = format!(
             "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
-                 signed_at, updated_at)
+                 signed_at, updated_at, status, superseded_by)
              VALUES {}
              ON CONFLICT (certificate_id) DO UPDATE SET
                  record_type = excluded.record_type, subject_id = excluded.subject_id,
                  current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
-                 updated_at = excluded.updated_at
+                 updated_at = excluded.updated_at, status = excluded.status,
+                 superseded_by = excluded.superseded_by
              WHERE certificates.signed_at < excluded.signed_at",
-            placeholders(chunk.len(), 7)
+            placeholders(chunk.len(), 9)
         );
         let mut query = sqlx::query(&sql);
         for record in chunk {
@@ -772,7 +777,9 @@ async fn insert_records_sqlite(
                 .bind(&record.subject)
                 .bind(&record.record_id)
                 .bind(record.signed_at)
-                .bind(now);
+                .bind(now)
+                .bind(&record.status)
+                .bind(&record.superseded_by);
         }
         query.execute(&mut *conn).await?;
         let sql = format!(
@@ -843,12 +850,17 @@ async fn insert_records_postgres(
         // not take the certificate's lock got here first.
         sqlx::query(
             "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
-                 signed_at, updated_at)
-             SELECT *, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[])
+                 signed_at, updated_at, status, superseded_by)
+             SELECT certificate_id, record_type, department_id, subject_id, current_record_id, signed_at, $7,
+                 status, superseded_by
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $8::text[], $9::text[])
+                 AS u(certificate_id, record_type, department_id, subject_id, current_record_id, signed_at,
+                 status, superseded_by)
              ON CONFLICT (certificate_id) DO UPDATE SET
                  record_type = excluded.record_type, subject_id = excluded.subject_id,
                  current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
-                 updated_at = excluded.updated_at
+                 updated_at = excluded.updated_at, status = excluded.status,
+                 superseded_by = excluded.superseded_by
              WHERE certificates.signed_at < excluded.signed_at",
         )
         .bind(column(latest, |r| r.certificate_id.as_str()))
@@ -858,6 +870,13 @@ async fn insert_records_postgres(
         .bind(column(latest, |r| r.record_id.as_str()))
         .bind(latest.iter().map(|r| r.signed_at).collect::<Vec<_>>())
         .bind(now)
+        .bind(column(latest, |r| r.status.as_str()))
+        .bind(
+            latest
+                .iter()
+                .map(|r| r.superseded_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
         sqlx::query("DELETE FROM certificate_guardians WHERE certificate_id = ANY($1)")
