@@ -3,6 +3,7 @@
 //! consents; a citizen sees only their own data). One error type decides status and body.
 
 mod error;
+pub mod push;
 pub mod registry;
 mod routes;
 

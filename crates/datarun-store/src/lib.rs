@@ -13,6 +13,7 @@
 mod actors;
 mod audit;
 mod consents;
+pub mod department;
 pub use datarun_domain::faults;
 mod records;
 mod registry;
