@@ -1,6 +1,7 @@
 mod api_errors;
 mod audit;
 mod connector;
+mod feed;
 mod flow;
 mod harness;
 mod poison;

@@ -41,6 +41,7 @@ pub fn router(state: ApiState) -> Router {
             post(routes::revoke_consent),
         )
         .route("/v1/lookups", post(routes::lookup))
+        .route("/v1/feed", get(routes::feed))
         .route("/v1/audit/events", get(routes::audit_events))
         .route("/v1/audit/verify", get(routes::audit_verify))
         .route("/v1/me/access-log", get(routes::my_access_log))

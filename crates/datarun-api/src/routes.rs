@@ -409,3 +409,96 @@ pub async fn rejections(
     let entries = state.store.rejections(&filter).await?;
     Ok(Json(json!({ "rejections": entries })))
 }
+
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    /// Comma-separated record types.
+    record_types: String,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Record types one feed read may name.
+const FEED_TYPES_MAX: usize = 20;
+
+/// The change feed, for a department's system: every stored record of the record
+/// types it is entitled to, in commit order, after a cursor. Every read is audited,
+/// refused or not.
+pub async fn feed(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Department)?;
+    let department = caller
+        .department
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("department system without department"))?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let mut record_types: Vec<RecordType> = Vec::new();
+    for name in query.record_types.split(',').take(FEED_TYPES_MAX + 1) {
+        let record_type = RecordType::parse(name.trim())
+            .map_err(|error| ApiError::bad_request(format!("record_types: {error}")))?;
+        if !record_types.contains(&record_type) {
+            record_types.push(record_type);
+        }
+    }
+    if record_types.len() > FEED_TYPES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "record_types: at most {FEED_TYPES_MAX}"
+        )));
+    }
+    let after = query.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request("after: a feed position, 0 or more"));
+    }
+    let limit = query.limit.unwrap_or(500);
+    if !(1..=datarun_store::FEED_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: from 1 to {}",
+            datarun_store::FEED_PAGE_MAX
+        )));
+    }
+    let mut not_entitled = Vec::new();
+    for record_type in &record_types {
+        if !state.store.entitled(&department, record_type).await? {
+            not_entitled.push(record_type.as_str());
+        }
+    }
+    let names: Vec<&str> = record_types.iter().map(RecordType::as_str).collect();
+    let mut event = datarun_store::NewAuditEvent {
+        kind: "feed_read".into(),
+        actor: caller.actor_id.clone(),
+        department: Some(department.to_string()),
+        outcome: "allowed".into(),
+        ..Default::default()
+    };
+    if !not_entitled.is_empty() {
+        event.outcome = "refused".into();
+        event.reason = Some("not_entitled".into());
+        event.detail = json!({ "record_types": names, "not_entitled": not_entitled });
+        state.store.audit(event).await?;
+        return Err(ApiError::forbidden(
+            "not_entitled",
+            format!(
+                "{department} is not entitled to {}; the operator grants entitlements (datarun entitlement grant)",
+                not_entitled.join(", ")
+            ),
+        ));
+    }
+    let entries = state.store.feed(&record_types, after, limit).await?;
+    let next = entries.last().map_or(after, |entry| entry.seq);
+    event.detail = json!({
+        "record_types": names,
+        "after": after,
+        "next": next,
+        "records": entries.len(),
+    });
+    state.store.audit(event).await?;
+    tracing::info!(actor = %caller.actor_id, %department, after, next, records = entries.len(), "change feed read");
+    Ok(Json(json!({
+        "records": entries,
+        "next": next,
+        "more": entries.len() as i64 == limit,
+    })))
+}

@@ -69,6 +69,8 @@ enum Command {
     #[command(subcommand)]
     Connector(ConnectorCommand),
     #[command(subcommand)]
+    Entitlement(EntitlementCommand),
+    #[command(subcommand)]
     Sample(SampleCommand),
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -201,6 +203,20 @@ enum TokenCommand {
         resident_id: Option<String>,
         #[arg(long)]
         name: String,
+    },
+}
+
+/// Which record types a department may pull in bulk from the change feed (GET
+/// /v1/feed, a sink connector). Audited.
+#[derive(Debug, Subcommand)]
+enum EntitlementCommand {
+    Grant {
+        department: String,
+        record_type: String,
+    },
+    Revoke {
+        department: String,
+        record_type: String,
     },
 }
 
@@ -422,6 +438,41 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Entitlement(command) => {
+            let store = app::open_store(&config).await?;
+            match command {
+                EntitlementCommand::Grant {
+                    department,
+                    record_type,
+                } => {
+                    store
+                        .grant_entitlement(
+                            setup::OPERATOR_CLI,
+                            &DepartmentId::parse(&department)?,
+                            &RecordType::parse(&record_type)?,
+                        )
+                        .await?;
+                    writeln!(
+                        out,
+                        "{department} may pull {record_type} from the change feed"
+                    )?;
+                }
+                EntitlementCommand::Revoke {
+                    department,
+                    record_type,
+                } => {
+                    store
+                        .revoke_entitlement(
+                            setup::OPERATOR_CLI,
+                            &DepartmentId::parse(&department)?,
+                            &RecordType::parse(&record_type)?,
+                        )
+                        .await?;
+                    writeln!(out, "{department} may no longer pull {record_type}")?;
+                }
+            }
+            Ok(0)
+        }
         Command::Schema(SchemaCommand::Register {
             file,
             allow_sensitive,
@@ -472,6 +523,26 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             state_dir,
             once,
         }) => {
+            if datarun_connector::sink::Sink::is_sink(&folder) {
+                let sink = datarun_connector::sink::Sink::load(&folder)?;
+                let target = source.as_ref().map(|path| path.display().to_string());
+                let report = tokio::select! {
+                    report = sink.run(once, target.as_deref()) => report?,
+                    _ = wait_for_ctrl_c() => {
+                        writeln!(out, "sink {}: stopped", sink.name())?;
+                        return Ok(0);
+                    }
+                };
+                writeln!(
+                    out,
+                    "sink {}: applied {} records in {} pages, feed position {}",
+                    sink.name(),
+                    report.records,
+                    report.pages,
+                    report.cursor
+                )?;
+                return Ok(0);
+            }
             let mut connector = Connector::load(&folder)?;
             // The schema's registry id, from the hub's database this command is
             // configured with (the values carry it: Confluent's wire format).

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod population;
 pub mod push;
 pub mod sample;
+pub mod sink;
 pub mod sql;
 
 use config::ConnectorConfig;

@@ -1,7 +1,8 @@
-//! A department's own table, read for a connector's `sql` source: the hub's store
-//! crate is the one that speaks SQL, also to a department's database. Read-only (a
-//! read-only connection on SQLite), with its own small pool; table and column names
-//! come from `connector.toml` and are checked and quoted.
+//! A department's own tables: read for a connector's `sql` source, written by a sink
+//! from the hub's change feed. The hub's store crate is the one that speaks SQL, also
+//! to a department's database; each with its own small pool (the source's read-only on
+//! SQLite); table and column names come from the connector's configuration and are
+//! checked and quoted.
 //!
 //! The change column holds Unix milliseconds (`INTEGER`) on SQLite and is a
 //! `timestamptz` (or `timestamp`) on PostgreSQL; every row is read as one JSON object.
@@ -190,6 +191,173 @@ impl DepartmentTable {
                 .collect::<Result<_, sqlx::Error>>(),
         };
         rows.map_err(failed)
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// One certificate version as a sink writes it into the department's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkRow {
+    pub feed_seq: i64,
+    pub certificate_id: String,
+    pub record_type: String,
+    pub record_id: String,
+    pub issuing_department: String,
+    pub subject: String,
+    pub status: String,
+    pub superseded_by: Option<String>,
+    pub signed_at: i64,
+    /// The version's fields, a JSON object's text.
+    pub fields: String,
+}
+
+/// The department's table a sink fills, and its cursor in the hub's change feed, kept
+/// in the same database so a page and the cursor past it commit together.
+pub struct SinkTable {
+    pool: Pool,
+    table_sql: String,
+    pub location: String,
+}
+
+impl SinkTable {
+    /// Connects and creates the table and the cursor table if they do not exist.
+    pub async fn open(url: &str, table: &str) -> Result<Self> {
+        let table_sql = identifier(table, "table")?;
+        let failed = |error: sqlx::Error| {
+            StoreError::Invalid(format!("department database {}: {error}", redact(url)))
+        };
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(failed)?,
+            )
+        } else if url.starts_with("sqlite:") {
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(failed)?;
+            Pool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options.create_if_missing(true))
+                    .await
+                    .map_err(failed)?,
+            )
+        } else {
+            return Err(StoreError::Invalid(
+                "target url must start with sqlite: or postgres://".into(),
+            ));
+        };
+        let ddl = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table_sql} (
+                     certificate_id TEXT PRIMARY KEY,
+                     record_type TEXT NOT NULL,
+                     record_id TEXT NOT NULL,
+                     issuing_department TEXT NOT NULL,
+                     subject TEXT NOT NULL,
+                     status TEXT NOT NULL,
+                     superseded_by TEXT,
+                     signed_at BIGINT NOT NULL,
+                     fields TEXT NOT NULL,
+                     feed_seq BIGINT NOT NULL)"
+            ),
+            "CREATE TABLE IF NOT EXISTS datarun_sink_cursors (sink TEXT PRIMARY KEY, after BIGINT NOT NULL)"
+                .to_owned(),
+        ];
+        for statement in &ddl {
+            match &pool {
+                Pool::Postgres(pool) => sqlx::query(statement).execute(pool).await.map(drop),
+                Pool::Sqlite(pool) => sqlx::query(statement).execute(pool).await.map(drop),
+            }
+            .map_err(failed)?;
+        }
+        Ok(Self {
+            pool,
+            table_sql,
+            location: redact(url),
+        })
+    }
+
+    fn failed(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |error| StoreError::Invalid(format!("department database {}: {error}", self.location))
+    }
+
+    /// The feed position after the last page `sink` applied (0 before the first).
+    pub async fn cursor(&self, sink: &str) -> Result<i64> {
+        let sql = "SELECT after FROM datarun_sink_cursors WHERE sink = $1";
+        let after: Option<i64> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_scalar(sql)
+                .bind(sink)
+                .fetch_optional(pool)
+                .await
+                .map_err(self.failed())?,
+            Pool::Sqlite(pool) => sqlx::query_scalar(sql)
+                .bind(sink)
+                .fetch_optional(pool)
+                .await
+                .map_err(self.failed())?,
+        };
+        Ok(after.unwrap_or(0))
+    }
+
+    /// Writes a page in one transaction with the cursor past it: each certificate's row
+    /// becomes this version unless a newer one (by signing time) is there already.
+    pub async fn apply(&self, sink: &str, rows: &[SinkRow], next: i64) -> Result<()> {
+        let upsert = format!(
+            "INSERT INTO {table} (certificate_id, record_type, record_id, issuing_department, subject, status,
+                 superseded_by, signed_at, fields, feed_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (certificate_id) DO UPDATE SET record_type = excluded.record_type,
+                 record_id = excluded.record_id, issuing_department = excluded.issuing_department,
+                 subject = excluded.subject, status = excluded.status,
+                 superseded_by = excluded.superseded_by, signed_at = excluded.signed_at,
+                 fields = excluded.fields, feed_seq = excluded.feed_seq
+             WHERE {table}.signed_at < excluded.signed_at",
+            table = self.table_sql
+        );
+        let cursor = "INSERT INTO datarun_sink_cursors (sink, after) VALUES ($1, $2)
+                      ON CONFLICT (sink) DO UPDATE SET after = excluded.after";
+        macro_rules! apply_on {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.map_err(self.failed())?;
+                for row in rows {
+                    sqlx::query(&upsert)
+                        .bind(&row.certificate_id)
+                        .bind(&row.record_type)
+                        .bind(&row.record_id)
+                        .bind(&row.issuing_department)
+                        .bind(&row.subject)
+                        .bind(&row.status)
+                        .bind(&row.superseded_by)
+                        .bind(row.signed_at)
+                        .bind(&row.fields)
+                        .bind(row.feed_seq)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.failed())?;
+                }
+                sqlx::query(cursor)
+                    .bind(sink)
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.failed())?;
+                tx.commit().await.map_err(self.failed())?;
+            }};
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => apply_on!(pool),
+            Pool::Sqlite(pool) => apply_on!(pool),
+        }
+        Ok(())
     }
 
     pub async fn close(&self) {

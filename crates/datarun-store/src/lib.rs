@@ -14,6 +14,7 @@ mod actors;
 mod audit;
 mod consents;
 pub mod department;
+mod feed;
 pub use datarun_domain::faults;
 mod records;
 mod registry;
@@ -24,6 +25,7 @@ mod settings;
 pub use actors::Actor;
 pub use audit::{AuditFilter, NewAuditEvent};
 pub use consents::{ConsentGrant, LookupOutcome, ReleasedCertificate};
+pub use feed::{FeedEntry, FEED_PAGE_MAX};
 pub use records::{
     IngestItem, IngestOutcome, MessageSource, RejectedRecord, StoredRecord, Verdict,
 };
@@ -127,6 +129,18 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0005_schema_registry.sql"),
             ),
         };
+        let feed = match self.0 {
+            Backend::Sqlite => migration(
+                8,
+                "change feed",
+                include_str!("../migrations/sqlite/0008_change_feed.sql"),
+            ),
+            Backend::Postgres => migration(
+                8,
+                "change feed",
+                include_str!("../migrations/postgres/0008_change_feed.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -164,6 +178,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                     "certificate status",
                     include_str!("../migrations/0007_certificate_status.sql"),
                 ),
+                feed,
             ])
         })
     }

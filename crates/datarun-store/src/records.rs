@@ -276,8 +276,15 @@ impl Store {
             });
         }
         let now = now_millis();
-        self.insert_records(&mut tx, &to_store, newest.into_values().collect(), now)
-            .await?;
+        let first_feed_seq = crate::feed::allocate(&mut tx, to_store.len()).await?;
+        self.insert_records(
+            &mut tx,
+            &to_store,
+            newest.into_values().collect(),
+            first_feed_seq,
+            now,
+        )
+        .await?;
         if !new_rejections.is_empty() {
             self.record_rejections(&mut tx, new_rejections, now).await?;
         }
@@ -355,6 +362,7 @@ impl Store {
         tx: &mut WriteTransaction,
         records: &[&StoredRecord],
         latest: Vec<&StoredRecord>,
+        first_feed_seq: i64,
         now: i64,
     ) -> Result<()> {
         let guardians: Vec<(&str, &str, &str)> = latest
@@ -370,10 +378,26 @@ impl Store {
             .collect();
         match tx {
             WriteTransaction::Sqlite { transaction, .. } => {
-                insert_records_sqlite(transaction, records, &latest, &guardians, now).await
+                insert_records_sqlite(
+                    transaction,
+                    records,
+                    &latest,
+                    &guardians,
+                    first_feed_seq,
+                    now,
+                )
+                .await
             }
             WriteTransaction::Postgres(transaction) => {
-                insert_records_postgres(transaction, records, &latest, &guardians, now).await
+                insert_records_postgres(
+                    transaction,
+                    records,
+                    &latest,
+                    &guardians,
+                    first_feed_seq,
+                    now,
+                )
+                .await
             }
         }
     }
@@ -726,17 +750,21 @@ async fn insert_records_sqlite(
     records: &[&StoredRecord],
     latest: &[&StoredRecord],
     guardians: &[(&str, &str, &str)],
+    first_feed_seq: i64,
     now: i64,
 ) -> Result<()> {
+    let mut feed_seq = first_feed_seq;
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 signed_at, signing_key_id, content_digest, signature, fields, stored_at)
+                 signed_at, signing_key_id, content_digest, signature, fields, stored_at, feed_seq)
              VALUES {}",
-            placeholders(chunk.len(), 12)
+            placeholders(chunk.len(), 13)
         );
         let mut query = sqlx::query(&sql);
         for record in chunk {
+            let seq = feed_seq;
+            feed_seq += 1;
             query = query
                 .bind(&record.record_id)
                 .bind(&record.certificate_id)
@@ -749,7 +777,8 @@ async fn insert_records_sqlite(
                 .bind(&record.content_digest[..])
                 .bind(&record.signature)
                 .bind(&record.fields_json)
-                .bind(now);
+                .bind(now)
+                .bind(seq);
         }
         query.execute(&mut *conn).await?;
     }
@@ -811,6 +840,7 @@ async fn insert_records_postgres(
     records: &[&StoredRecord],
     latest: &[&StoredRecord],
     guardians: &[(&str, &str, &str)],
+    first_feed_seq: i64,
     now: i64,
 ) -> Result<()> {
     fn column<'a, T: ?Sized + 'a>(
@@ -822,13 +852,13 @@ async fn insert_records_postgres(
     if !records.is_empty() {
         sqlx::query(
             "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 signed_at, signing_key_id, content_digest, signature, fields, stored_at)
+                 signed_at, signing_key_id, content_digest, signature, fields, stored_at, feed_seq)
              SELECT record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 signed_at, signing_key_id, content_digest, signature, fields::jsonb, $12
+                 signed_at, signing_key_id, content_digest, signature, fields::jsonb, $12, $13 + ordinality - 1
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[],
-                 $8::text[], $9::bytea[], $10::bytea[], $11::text[])
+                 $8::text[], $9::bytea[], $10::bytea[], $11::text[]) WITH ORDINALITY
                  AS u(record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 signed_at, signing_key_id, content_digest, signature, fields)",
+                 signed_at, signing_key_id, content_digest, signature, fields, ordinality)",
         )
         .bind(column(records, |r| r.record_id.as_str()))
         .bind(column(records, |r| r.certificate_id.as_str()))
@@ -842,6 +872,7 @@ async fn insert_records_postgres(
         .bind(column(records, |r| r.signature.as_slice()))
         .bind(column(records, |r| r.fields_json.as_str()))
         .bind(now)
+        .bind(first_feed_seq)
         .execute(&mut *conn)
         .await?;
     }
