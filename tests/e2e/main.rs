@@ -4,6 +4,7 @@ mod connector;
 mod feed;
 mod flow;
 mod harness;
+mod operations;
 mod poison;
 mod registry;
 mod rejections;

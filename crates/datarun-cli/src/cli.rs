@@ -222,6 +222,18 @@ enum EntitlementCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConnectorCommand {
+    /// Each connector under the connectors folder: position, lag behind its source,
+    /// rows published and rejected, rate, last error.
+    Status {
+        /// Checkpoint folder (default: <data_dir>/connectors).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// One connector folder instead of all of them.
+        folder: Option<PathBuf>,
+        /// Its source file or URL, as given to `connector run --source`.
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
     /// Publish a connector's source rows that are not yet acknowledged.
     Run {
         folder: PathBuf,
@@ -514,6 +526,44 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                 .await?;
             eprintln!("issued a token for {} ({})", actor.actor_id, role.as_str());
             writeln!(out, "{token}")?;
+            Ok(0)
+        }
+        Command::Connector(ConnectorCommand::Status {
+            state_dir,
+            folder,
+            source,
+        }) => {
+            let state_dir = state_dir.unwrap_or_else(|| config.hub.data_dir.join("connectors"));
+            let folders = match folder {
+                Some(folder) => vec![folder],
+                None => connector_folders(&config.hub.connectors_dir)?,
+            };
+            writeln!(
+                out,
+                "{:<44} {:<6} {:<28} {:>8} {:>10} {:>9} {:>9}  last error",
+                "connector", "source", "position", "lag", "published", "rejected", "rows/s"
+            )?;
+            for folder in folders {
+                let connector = Connector::load(&folder)?;
+                let status = connector.status(&state_dir, source.as_deref()).await?;
+                writeln!(
+                    out,
+                    "{:<44} {:<6} {:<28} {:>8} {:>10} {:>9} {:>9.0}  {}",
+                    status.name,
+                    status.source_kind,
+                    status.position,
+                    status
+                        .lag_rows
+                        .map_or("?".to_owned(), |lag| lag.to_string()),
+                    status.published_total,
+                    status.rejected_total,
+                    status.rate,
+                    status.last_error.map_or("-".to_owned(), |error| format!(
+                        "{} (at {})",
+                        error.message, error.at_millis
+                    )),
+                )?;
+            }
             Ok(0)
         }
         Command::Connector(ConnectorCommand::Run {

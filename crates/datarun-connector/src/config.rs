@@ -13,8 +13,21 @@ pub struct ConnectorConfig {
     pub schema: String,
     /// The key id registered for the department in the hub's trust registry.
     pub signing_key_id: String,
+    /// What a source row that cannot be mapped does: `continue` (the default: it is
+    /// written to the rejected-rows file with its reason and the run goes on) or `stop`
+    /// (the run stops at it, naming it, before publishing it or anything after it).
+    #[serde(default)]
+    pub on_bad_row: OnBadRow,
     pub source: SourceConfig,
     pub mapping: MappingConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRow {
+    #[default]
+    Continue,
+    Stop,
 }
 
 /// Where a connector's rows come from (`[source]`, chosen by `kind`).

@@ -405,6 +405,21 @@ impl Connector {
     /// again. A file source stops at its end; a `sql` source polls on (unless
     /// `options.once`); an `http` source serves until the future is dropped.
     pub async fn run(&self, kafka: &KafkaSettings, options: &RunOptions) -> Result<RunReport> {
+        let outcome = self.run_source(kafka, options).await;
+        // What `datarun connector status` shows: the failure, or that the run finished.
+        if let Ok(Some(mut checkpoint)) = self.checkpoint(&options.state_dir) {
+            checkpoint.last_error = outcome.as_ref().err().map(|error| LastError {
+                at_millis: now_millis(),
+                message: error.to_string(),
+            });
+            if let Err(error) = self.write_checkpoint(&options.state_dir, &checkpoint) {
+                tracing::warn!(%error, "the connector's status could not be written");
+            }
+        }
+        outcome
+    }
+
+    async fn run_source(&self, kafka: &KafkaSettings, options: &RunOptions) -> Result<RunReport> {
         if self.schema_id.is_none() {
             return Err(ConnectorError::Config {
                 path: self.folder.join("connector.toml"),
@@ -521,6 +536,94 @@ impl Connector {
         Ok(())
     }
 
+    /// Where the connector is, from its checkpoint, and how far behind its source:
+    /// rows of the file not yet acknowledged, or rows of the table changed after the
+    /// watermark (counted up to 10,000).
+    pub async fn status(
+        &self,
+        state_dir: &Path,
+        source_override: Option<&Path>,
+    ) -> Result<ConnectorStatus> {
+        let checkpoint = self.checkpoint(state_dir)?;
+        let acknowledged = checkpoint.as_ref().map_or(0, |c| c.rows_acknowledged);
+        let (source_kind, position, lag_rows) = match &self.config.source {
+            config::SourceConfig::Csv { path } | config::SourceConfig::Jsonl { path } => {
+                let file = source_override
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| self.folder.join(path));
+                let csv = matches!(self.config.source, config::SourceConfig::Csv { .. });
+                let rows = if csv {
+                    read_csv(&file)
+                } else {
+                    read_json_lines(&file)
+                };
+                let total = rows.ok().map(|rows| rows.len() as u64);
+                (
+                    if csv { "csv" } else { "jsonl" },
+                    match total {
+                        Some(total) => format!("{acknowledged}/{total} rows"),
+                        None => format!("{acknowledged} rows (source unreadable)"),
+                    },
+                    total.map(|total| total.saturating_sub(acknowledged)),
+                )
+            }
+            config::SourceConfig::Sql {
+                url,
+                table,
+                key,
+                changed_at,
+                ..
+            } => {
+                let watermark = checkpoint
+                    .as_ref()
+                    .and_then(|c| c.watermark.as_ref())
+                    .and_then(|w| w.changed_millis);
+                let url = match source_override {
+                    Some(url) => Some(url.display().to_string()),
+                    None => self.resolve_setting(url).ok(),
+                };
+                let mut lag = None;
+                if let Some(url) = url {
+                    let config_path = self.folder.join("connector.toml");
+                    if let Ok(source) =
+                        sql::SqlSource::connect(&url, table, key, changed_at, &config_path).await
+                    {
+                        let from = watermark.map_or(0, |w| w.saturating_add(1));
+                        if let Ok(rows) = source
+                            .read(from, &(from.saturating_sub(1), String::new()), 10_000)
+                            .await
+                        {
+                            lag = Some(rows.len() as u64);
+                        }
+                        source.close().await;
+                    }
+                }
+                (
+                    "sql",
+                    match watermark {
+                        Some(millis) => format!("changed at or before {millis}"),
+                        None => "nothing read yet".into(),
+                    },
+                    lag,
+                )
+            }
+            config::SourceConfig::Http { listen, .. } => {
+                ("http", format!("push endpoint on {listen}"), None)
+            }
+        };
+        Ok(ConnectorStatus {
+            name: self.name(),
+            source_kind,
+            position,
+            lag_rows,
+            published_total: checkpoint.as_ref().map_or(0, |c| c.published_total),
+            rejected_total: checkpoint.as_ref().map_or(0, |c| c.rejected_total),
+            rate: checkpoint.as_ref().map_or(0.0, |c| c.rate),
+            updated_at_millis: checkpoint.as_ref().map_or(0, |c| c.updated_at_millis),
+            last_error: checkpoint.and_then(|c| c.last_error),
+        })
+    }
+
     /// A setting given as `env:NAME` is read from that environment variable.
     fn resolve_setting(&self, value: &str) -> Result<String> {
         match value.strip_prefix("env:") {
@@ -568,17 +671,25 @@ impl Connector {
             let signer = keys.current()?;
             let mut records = Vec::with_capacity(batch.len());
             let mut rejects = Vec::new();
-            for (line, row) in batch {
+            let mut stopped_at = None;
+            for (index, (line, row)) in batch.iter().enumerate() {
                 match self.sign_row_with(row, &signer) {
                     Ok(record) if on_topic.contains(record.envelope.record_id.as_str()) => {
                         report.recovered += 1;
                     }
                     Ok(record) => records.push(record),
+                    Err(message) if self.config.on_bad_row == config::OnBadRow::Stop => {
+                        stopped_at = Some((next + index as u64, *line, message));
+                        break;
+                    }
                     Err(message) => {
                         rejects.push(format!("{line},\"{}\"\n", message.replace('"', "'")))
                     }
                 }
             }
+            // Stopping at a bad row: what came before it is published and checkpointed,
+            // the row itself and everything after it are not.
+            let through = stopped_at.as_ref().map_or(through, |(row, _, _)| *row);
             let placed = publisher.publish_all(&records).await?;
             self.write_rejects(&options.state_dir, &rejects)?;
             for (partition, offset) in placed {
@@ -588,9 +699,22 @@ impl Connector {
             datarun_domain::faults::hit("connector.before_checkpoint");
             checkpoint.rows_acknowledged = through;
             checkpoint.in_flight = false;
-            self.write_checkpoint(&options.state_dir, &checkpoint)?;
             report.published += records.len() as u64;
             report.rejected += rejects.len() as u64;
+            checkpoint.published_total += records.len() as u64;
+            checkpoint.rejected_total += rejects.len() as u64;
+            checkpoint.rate = (through - done) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            checkpoint.updated_at_millis = now_millis();
+            self.write_checkpoint(&options.state_dir, &checkpoint)?;
+            if let Some((_, line, message)) = stopped_at {
+                return Err(ConnectorError::Source {
+                    path: PathBuf::from(source),
+                    line,
+                    message: format!(
+                        "{message}; the connector stops here (on_bad_row = \"stop\"): fix the row and run it again"
+                    ),
+                });
+            }
             next = through;
             if let Some(progress) = options.progress {
                 let seconds = started.elapsed().as_secs_f64().max(1e-3);
@@ -628,6 +752,11 @@ impl Connector {
                     source: source.to_owned(),
                     next_offsets: datarun_kafka::end_offsets(kafka, topic).await?,
                     watermark: None,
+                    published_total: 0,
+                    rejected_total: 0,
+                    rate: 0.0,
+                    updated_at_millis: now_millis(),
+                    last_error: None,
                 };
                 self.write_checkpoint(&options.state_dir, &checkpoint)?;
                 Ok((checkpoint, Default::default()))
@@ -674,7 +803,7 @@ const RECOVERY_SCAN_LIMIT: std::time::Duration = std::time::Duration::from_secs(
 /// partition (anything it sent later lies beyond).
 ///
 /// A file source counts rows; a `sql` source keeps its watermark instead.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub rows_acknowledged: u64,
     pub publishing_through: u64,
@@ -686,6 +815,42 @@ pub struct Checkpoint {
     pub next_offsets: BTreeMap<i32, i64>,
     #[serde(default)]
     pub watermark: Option<sql::Watermark>,
+    /// Rows published, and rows that could not be mapped, over every run.
+    #[serde(default)]
+    pub published_total: u64,
+    #[serde(default)]
+    pub rejected_total: u64,
+    /// Rows per second of the latest run, and when the checkpoint last moved.
+    #[serde(default)]
+    pub rate: f64,
+    #[serde(default)]
+    pub updated_at_millis: i64,
+    /// The latest run's failure, with its time; cleared by a run that finishes.
+    #[serde(default)]
+    pub last_error: Option<LastError>,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastError {
+    pub at_millis: i64,
+    pub message: String,
+}
+
+/// What `datarun connector status` shows of a connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorStatus {
+    pub name: String,
+    pub source_kind: &'static str,
+    /// Rows acknowledged of the source's rows (files), or the watermark (sql).
+    pub position: String,
+    /// How far behind its source it is, in rows (None when it cannot be told).
+    pub lag_rows: Option<u64>,
+    pub published_total: u64,
+    pub rejected_total: u64,
+    pub rate: f64,
+    pub updated_at_millis: i64,
+    pub last_error: Option<LastError>,
 }
 
 /// A JSON object's members as text columns: text as it is, numbers and booleans as

@@ -182,6 +182,17 @@ impl crate::Connector {
                                 records.push(record);
                             }
                         }
+                        Err(message) if self.config.on_bad_row == crate::config::OnBadRow::Stop => {
+                            // Nothing of this page is published; the next run reads it again.
+                            return Err(ConnectorError::Source {
+                                path: PathBuf::from(source.location()),
+                                line: 0,
+                                message: format!(
+                                    "row {} changed at {}: {message}; the connector stops here (on_bad_row = \"stop\")",
+                                    row.key, row.changed_millis
+                                ),
+                            });
+                        }
                         Err(message) => {
                             let refused = format!("refused:{}@{}", row.key, row.changed_millis);
                             if let std::collections::btree_map::Entry::Vacant(entry) =
@@ -220,6 +231,11 @@ impl crate::Connector {
                 datarun_domain::faults::hit("connector.before_checkpoint");
                 checkpoint.in_flight = false;
                 checkpoint.watermark = Some(watermark.clone());
+                checkpoint.published_total += records.len() as u64;
+                checkpoint.rejected_total += rejects.len() as u64;
+                checkpoint.rate =
+                    report.published as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                checkpoint.updated_at_millis = crate::now_millis();
                 self.write_checkpoint(&options.state_dir, &checkpoint)?;
                 if let (Some(progress), false) = (options.progress, records.is_empty()) {
                     let seconds = started.elapsed().as_secs_f64().max(1e-3);
