@@ -612,8 +612,12 @@ async fn database_outage() {
     let sample = signed_sample(&env, 12_000, 17, 500).await;
     let valid = sample.records.len() - sample.bad.len();
     let bad = sample.bad.len();
-    // The department goes on publishing (up to 4,000 ahead) while the database is down.
-    let feeder = feed(&env, &store, sample.records, 4_000);
+    let mut records = sample.records;
+    // Published while the database is down, so the hub has a batch to retry however
+    // far it got before the outage.
+    let during_outage = records.split_off(records.len() - 500);
+    // The department publishes steadily (up to 4,000 ahead of the hub).
+    let feeder = feed(&env, &store, records, 4_000);
     let hub = HubProcess::start(&env, None);
     wait_until(Duration::from_secs(120), "ingest starts", || async {
         let now = counts(&store).await.0;
@@ -622,6 +626,15 @@ async fn database_outage() {
     .await;
     postgres.stop();
     let stopped_at = Instant::now();
+    let mut kafka = env.kafka();
+    kafka
+        .properties
+        .insert("batch.num.messages".into(), "1".into());
+    RecordPublisher::new(&kafka)
+        .unwrap()
+        .publish_all(&during_outage)
+        .await
+        .unwrap();
     wait_until(Duration::from_secs(20), "/readyz answers 503", || async {
         let ready = hub.readyz().await;
         (matches!(&ready, Some((503, _))), format!("{ready:?}"))
