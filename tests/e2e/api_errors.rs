@@ -48,13 +48,22 @@ async fn bad_requests_are_refused_with_specific_messages() {
     bad["record_types"] = json!(["birth_certificate"]);
     let (status, body) = hub.post("/v1/consents", &citizen, bad).await;
     check(status, body, "invalid_request", "record type");
-    let lookup = json!({ "consent_id": "c", "subject": "4401041985031258", "record_type": "health.birth_certificate" });
+    let consent_id = format!("consent_{}", "0".repeat(32));
+    let lookup = json!({ "consent_id": consent_id, "subject": "4401041985031258", "record_type": "health.birth_certificate" });
     let (status, body) = hub.post("/v1/lookups", &caseworker, lookup).await;
     check(
         status,
         body,
         "invalid_request",
         "must be 18 characters, got 16",
+    );
+    let lookup = json!({ "consent_id": "c", "subject": "440104198503125841", "record_type": "health.birth_certificate" });
+    let (status, body) = hub.post("/v1/lookups", &caseworker, lookup).await;
+    check(
+        status,
+        body,
+        "invalid_request",
+        "consent_id: consent_ followed by 32 lowercase hex digits",
     );
 
     let response = hub
@@ -78,13 +87,14 @@ async fn bad_requests_are_refused_with_specific_messages() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
 
-    // Nothing was granted, and nothing was audited.
+    // Nothing was granted. The two grants the store refused (an unknown purpose, no
+    // uses) are audited as refused grants; requests that were not even well-formed
+    // are not.
     let (status, body) = hub.get("/v1/consents", &citizen).await;
     assert_eq!(status, 200);
     assert_eq!(body["consents"], json!([]));
-    // The only events are the schema registrations that set the hub up.
     let (code, out) = env.cli(&["audit", "verify"]).await;
-    let events = crate::audit::setup_events();
+    let events = crate::audit::setup_events() + 2;
     assert_eq!(
         (code, out.trim()),
         (0, format!("audit log intact: {events} events").as_str())

@@ -69,14 +69,19 @@ async fn full_flow(db: Db, broker: Broker) {
     assert_eq!(status, 403, "{body}");
 
     let lookup = |consent: &str, subject: &str| json!({ "consent_id": consent, "subject": subject, "record_type": "health.birth_certificate" });
-    // Another department's caseworker cannot use it; scope is checked before the use count.
+    // Another department's caseworker cannot use it, and learns neither that it exists
+    // nor whose it is; scope is checked before the use count.
     let (status, body) = hub
         .post("/v1/lookups", &tax_caseworker, lookup(&consent_id, &child))
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (403, Some("consent_other_department")),
+        (403, Some("consent_not_found")),
         "{body}"
+    );
+    assert!(
+        !body.to_string().contains("public_security"),
+        "the refusal does not name the consent's department: {body}"
     );
     // Nor can it be used for another subject.
     let (status, body) = hub
@@ -92,8 +97,9 @@ async fn full_flow(db: Db, broker: Broker) {
         "{body}"
     );
     // Without a consent there is nothing to look up.
+    let unknown = format!("consent_{}", "0".repeat(32));
     let (status, body) = hub
-        .post("/v1/lookups", &caseworker, lookup("consent_none", &child))
+        .post("/v1/lookups", &caseworker, lookup(&unknown, &child))
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -173,7 +179,7 @@ async fn full_flow(db: Db, broker: Broker) {
         (
             "lookup".into(),
             "refused".into(),
-            Some("consent_other_department".into()),
+            Some("consent_not_found".into()),
         ),
         (
             "lookup".into(),

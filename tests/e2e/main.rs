@@ -1,6 +1,7 @@
 mod api_errors;
 mod audit;
 mod connector;
+mod consent_defects;
 mod feed;
 mod flow;
 mod harness;

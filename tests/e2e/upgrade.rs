@@ -68,7 +68,7 @@ const SKELETON_ROWS: &[&str] = &[
     "INSERT INTO certificates VALUES ('CERT-1', 'health.birth_certificate', 'health', \
      '440303201506303948', 'health-r1', 1000, 2000)",
     "INSERT INTO actors VALUES ('caseworker_1', 'caseworker', 'health', NULL, 'Wang', 1)",
-    "INSERT INTO consents VALUES ('consent_skeleton', '440303201506303948', '440303201506303948', \
+    "INSERT INTO consents VALUES ('consent_5ce1e7000000000000000000000000aa', '440303201506303948', '440303201506303948', \
      'health', NULL, 'health.birth_certificate', NULL, 'household_registration', 5, 0, 'active', \
      4102444800000, 1500, NULL)",
     "INSERT INTO ingest_rejections VALUES ('records.health.birth_certificate', 0, 41, \
@@ -239,7 +239,7 @@ async fn skeleton_database_migrates(db: Db) {
     let outcome = store
         .lookup(
             &caseworker,
-            "consent_skeleton",
+            "consent_5ce1e7000000000000000000000000aa",
             SUBJECT,
             &RecordType::parse("health.birth_certificate").unwrap(),
         )

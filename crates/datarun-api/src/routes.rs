@@ -221,6 +221,11 @@ pub async fn lookup(
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Role::Caseworker)?;
     let request = body(payload)?;
+    if !datarun_domain::consent::is_consent_id(&request.consent_id) {
+        return Err(ApiError::bad_request(
+            "consent_id: consent_ followed by 32 lowercase hex digits",
+        ));
+    }
     let subject = ResidentId::parse(&request.subject)
         .map_err(|error| ApiError::bad_request(format!("subject: {error}")))?;
     match state
@@ -317,6 +322,7 @@ pub async fn audit_events(
         to_millis: query.to_millis,
         after_seq: query.after_seq,
         limit: query.limit.unwrap_or(100),
+        ..AuditFilter::default()
     };
     let events = state.store.audit_events(&filter).await?;
     Ok(Json(
@@ -337,20 +343,54 @@ pub async fn audit_verify(
 
 /// A citizen's access log: who looked at their data (and their minor children's,
 /// for whom a certificate names them guardian), when, why, and the outcome.
+#[derive(Debug, Deserialize)]
+pub struct AccessLogQuery {
+    /// Events older than this sequence number (the `next_before` of the previous page).
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Most events one access-log page holds.
+const ACCESS_LOG_PAGE_MAX: i64 = 500;
+
+/// A citizen's access log: every audit event about them, and about each child whose
+/// certificate names them as parent while that child is a minor; newest first, a page
+/// at a time, through any number of events.
 pub async fn my_access_log(
     State(state): State<ApiState>,
     Caller(caller): Caller,
+    query: Result<Query<AccessLogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let resident = citizen_id(&caller)?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=ACCESS_LOG_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: from 1 to {ACCESS_LOG_PAGE_MAX}"
+        )));
+    }
+    if query.before.is_some_and(|before| before < 1) {
+        return Err(ApiError::bad_request(
+            "before: a sequence number from a page",
+        ));
+    }
+    let today = datarun_domain::date::CivilDate::from_unix_millis_cst(datarun_store::now_millis());
     let mut subjects = vec![(resident.as_str().to_owned(), "self")];
     for ward in state.store.wards_of(resident.as_str()).await? {
-        subjects.push((ward, "child"));
+        // A parent sees a child's entries only while the child is a minor.
+        let minor = ResidentId::parse_on(&ward, today)
+            .is_ok_and(|id| id.birth_date().years_until(today) < ADULT_AGE);
+        if minor {
+            subjects.push((ward, "child"));
+        }
     }
     let mut entries: Vec<(i64, Value)> = Vec::new();
     for (subject, relation) in subjects {
         let filter = AuditFilter {
             subject_ref: Some(state.store.pseudonym(&subject)),
-            limit: 1000,
+            before_seq: query.before,
+            newest_first: true,
+            limit,
             ..AuditFilter::default()
         };
         for e in state.store.audit_events(&filter).await? {
@@ -371,11 +411,19 @@ pub async fn my_access_log(
             ));
         }
     }
-    entries.sort_by_key(|(seq, _)| *seq);
-    Ok(Json(
-        json!({ "entries": entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>() }),
-    ))
+    entries.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    entries.truncate(limit as usize);
+    let next_before = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|(seq, _)| *seq))
+        .flatten();
+    Ok(Json(json!({
+        "entries": entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        "next_before": next_before,
+    })))
 }
+
+/// The age from which a child's access log is their own alone.
+const ADULT_AGE: i32 = 18;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

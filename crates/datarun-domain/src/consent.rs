@@ -57,6 +57,16 @@ pub struct Consent {
     pub granted_at_millis: i64,
 }
 
+/// Whether `text` is a consent id as the hub issues them: `consent_` and 32 lowercase
+/// hex digits. Checked before any lookup reaches SQL.
+pub fn is_consent_id(text: &str) -> bool {
+    text.len() == 40
+        && text.starts_with("consent_")
+        && text[8..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// What a caseworker asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookupRequest<'a> {
@@ -70,13 +80,10 @@ pub struct LookupRequest<'a> {
 /// Why a lookup was refused; `code` is stable and appears in audit events and API errors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupRefusal {
+    /// Also for a consent granted to another department: a stranger learns neither
+    /// which department holds it nor that it exists.
     #[error("no consent with that id was granted to your department")]
     ConsentNotFound,
-    #[error("the consent was granted to department {granted_to}, not {asked_by}")]
-    OtherDepartment {
-        granted_to: String,
-        asked_by: String,
-    },
     #[error("the consent names another caseworker of your department")]
     OtherCaseworker,
     #[error("the consent does not cover this subject")]
@@ -95,7 +102,6 @@ impl LookupRefusal {
     pub fn code(&self) -> &'static str {
         match self {
             Self::ConsentNotFound => "consent_not_found",
-            Self::OtherDepartment { .. } => "consent_other_department",
             Self::OtherCaseworker => "consent_other_caseworker",
             Self::OtherSubject => "consent_other_subject",
             Self::RecordTypeNotCovered(_) => "consent_record_type_not_covered",
@@ -111,10 +117,7 @@ impl Consent {
     /// before state so that a stranger learns nothing about a consent's use count.
     pub fn check_lookup(&self, request: &LookupRequest<'_>) -> Result<(), LookupRefusal> {
         if &self.requester_department != request.department {
-            return Err(LookupRefusal::OtherDepartment {
-                granted_to: self.requester_department.to_string(),
-                asked_by: request.department.to_string(),
-            });
+            return Err(LookupRefusal::ConsentNotFound);
         }
         if self
             .caseworker
@@ -283,7 +286,7 @@ mod tests {
             subject,
             "health.birth_certificate",
             1_000,
-            Some("consent_other_department"),
+            Some("consent_not_found"),
         );
         check(
             &c,

@@ -35,6 +35,10 @@ pub struct AuditFilter {
     pub to_millis: Option<i64>,
     /// Only events with a larger sequence number (for paging).
     pub after_seq: Option<i64>,
+    /// Only events with a smaller sequence number (for paging back from the newest).
+    pub before_seq: Option<i64>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -200,6 +204,7 @@ impl Store {
             ("occurred_at >=", filter.from_millis),
             ("occurred_at <", filter.to_millis),
             ("seq >", filter.after_seq),
+            ("seq <", filter.before_seq),
         ];
         for (condition, value) in number_filters {
             if let Some(value) = value {
@@ -212,7 +217,8 @@ impl Store {
         }
         numbers.push(filter.limit.clamp(1, 1000));
         sql.push_str(&format!(
-            " ORDER BY seq LIMIT ${}",
+            " ORDER BY seq{} LIMIT ${}",
+            if filter.newest_first { " DESC" } else { "" },
             texts.len() + numbers.len()
         ));
         on_pool!(self, |pool| {

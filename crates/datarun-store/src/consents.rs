@@ -187,8 +187,40 @@ impl Store {
     }
 
     /// Grants a consent on behalf of `grantor` (a citizen): the subject themself, or a
-    /// guardian named on one of a minor subject's certificates.
+    /// guardian named on one of a minor subject's certificates. A refused grant is
+    /// audited too (`consent_granted`, outcome `refused`, with the rule that failed), so
+    /// the subject's access log shows a false claim to act for them.
     pub async fn grant_consent(&self, grantor: &Actor, grant: ConsentGrant) -> Result<Consent> {
+        let subject_ref = self.pseudonym(grant.subject.as_str());
+        let department = grant.requester_department.to_string();
+        let purpose = grant.purpose.to_string();
+        let outcome = self.grant_consent_checked(grantor, grant).await;
+        let reason = match &outcome {
+            Err(StoreError::Forbidden(_)) => "not_subject_or_guardian",
+            Err(StoreError::Invalid(_)) => "grant_invalid",
+            _ => return outcome,
+        };
+        let message = outcome
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        self.audit(NewAuditEvent {
+            kind: "consent_granted".into(),
+            actor: grantor.actor_id.clone(),
+            department: Some(department),
+            subject_ref: Some(subject_ref),
+            consent_id: None,
+            purpose: Some(purpose),
+            outcome: "refused".into(),
+            reason: Some(reason.into()),
+            detail: json!({ "message": message }),
+        })
+        .await?;
+        outcome
+    }
+
+    async fn grant_consent_checked(&self, grantor: &Actor, grant: ConsentGrant) -> Result<Consent> {
         let grantor_id = grantor
             .resident_id
             .as_ref()
@@ -397,6 +429,13 @@ impl Store {
         if caseworker.department.is_none() {
             return Err(StoreError::Forbidden(
                 "only a caseworker of a department looks up".into(),
+            ));
+        }
+        // Checked before the group-committed batch: a malformed id (a NUL byte, say)
+        // that reached PostgreSQL would fail the whole batch of other callers' lookups.
+        if !datarun_domain::consent::is_consent_id(consent_id) {
+            return Err(StoreError::Invalid(
+                "consent_id: consent_ followed by 32 lowercase hex digits".into(),
             ));
         }
         let queue = self.lookup_queue.get_or_init(|| {
