@@ -88,6 +88,8 @@ pub async fn fresh_hub(
     config.http.listen = "127.0.0.1:0".parse()?;
     config.kafka.topic_prefix = format!("{name}.");
     config.kafka.create_topics = false;
+    // The bench publishes birth certificates only; its topics are the only ones made.
+    config.kafka.record_types = vec!["health.birth_certificate".into()];
     if broker == Broker::Mock {
         // The mock cluster keeps only the last 5 MiB of each partition (rdkafka_mock.c):
         // spread the records so that none is deleted before the hub reads it.
@@ -178,7 +180,12 @@ pub async fn ingest(
     out: &mut dyn Write,
 ) -> anyhow::Result<BenchHub> {
     let hub = fresh_hub(backend, broker, postgres_admin_url, count + RESTART_RECORDS).await?;
-    let mut connector = Connector::load(&hub.config.hub.connectors_dir.join("health"))?;
+    let mut connector = Connector::load(
+        &hub.config
+            .hub
+            .connectors_dir
+            .join("health.birth_certificate"),
+    )?;
     crate::setup::resolve_connector_schema(&hub.store, &mut connector).await?;
     let key = crate::secrets::read_secret(&hub.dir.join("keys").join("health-2026.pk8"))?;
     let key = datarun_domain::keys::parse_private_key(&key)?;
