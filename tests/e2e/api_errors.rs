@@ -49,7 +49,7 @@ async fn bad_requests_are_refused_with_specific_messages() {
     let (status, body) = hub.post("/v1/consents", &citizen, bad).await;
     check(status, body, "invalid_request", "record type");
     let consent_id = format!("consent_{}", "0".repeat(32));
-    let lookup = json!({ "consent_id": consent_id, "subject": "4401041985031258", "record_type": "health.birth_certificate" });
+    let lookup = json!({ "consent_id": consent_id, "subject": "4401041985031258", "record_type": "health.birth_certificate", "purpose": "household_registration" });
     let (status, body) = hub.post("/v1/lookups", &caseworker, lookup).await;
     check(
         status,
@@ -57,7 +57,7 @@ async fn bad_requests_are_refused_with_specific_messages() {
         "invalid_request",
         "must be 18 characters, got 16",
     );
-    let lookup = json!({ "consent_id": "c", "subject": "440104198503125841", "record_type": "health.birth_certificate" });
+    let lookup = json!({ "consent_id": "c", "subject": "440104198503125841", "record_type": "health.birth_certificate", "purpose": "household_registration" });
     let (status, body) = hub.post("/v1/lookups", &caseworker, lookup).await;
     check(
         status,

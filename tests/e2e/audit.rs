@@ -5,12 +5,15 @@ use crate::harness::{repo_root, Broker, Db, TestEnv};
 use serde_json::json;
 
 /// How many events setting up the reference world audits before anything else: one
-/// registration per schema file, one key registration per department.
+/// registration per schema file, one key registration per department, one per purpose.
 pub fn setup_events() -> usize {
     datarun_cli::setup::schema_files(&repo_root().join("schemas"))
         .unwrap()
         .len()
         + datarun_cli::setup::DEPARTMENTS.len()
+        + datarun_cli::setup::read_purposes(&repo_root().join("config").join("purposes.toml"))
+            .unwrap()
+            .len()
 }
 
 /// Three citizens each grant a consent for themselves: three audit events, after the
@@ -26,7 +29,7 @@ async fn env_with_three_events() -> (TestEnv, usize) {
         let token = env.citizen_token(resident).await;
         let grant = json!({
             "subject": resident, "requester_department": "human_resources",
-            "record_types": ["health.birth_certificate"], "purpose": "social_insurance_enrolment"
+            "record_types": ["public_security.resident_id_card"], "purpose": "social_insurance_enrolment"
         });
         let (status, body) = hub.post("/v1/consents", &token, grant).await;
         assert_eq!(status, 201, "{body}");

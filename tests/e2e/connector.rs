@@ -12,6 +12,7 @@ async fn handed_over_records_survive_a_broker_crash_and_hub_restarts() {
     datarun_cli::setup::reference_world(
         &store,
         &env.config.hub.schemas_dir,
+        &env.config.hub.purposes_file,
         &env.config.hub.data_dir,
     )
     .await

@@ -76,7 +76,7 @@ async fn consent_defects_are_fixed(db: Db) {
     );
 
     // A malformed consent id is refused before SQL, and the next lookup is unharmed.
-    let lookup = |consent_id: &str| json!({ "consent_id": consent_id, "subject": minor, "record_type": "health.birth_certificate" });
+    let lookup = |consent_id: &str| json!({ "consent_id": consent_id, "subject": minor, "record_type": "health.birth_certificate", "purpose": "household_registration" });
     for bad in [
         "consent_\u{0}",
         "x".repeat(10_000).as_str(),

@@ -68,7 +68,7 @@ async fn full_flow(db: Db, broker: Broker) {
     let (status, body) = hub.post("/v1/consents", &mother_token, foreign).await;
     assert_eq!(status, 403, "{body}");
 
-    let lookup = |consent: &str, subject: &str| json!({ "consent_id": consent, "subject": subject, "record_type": "health.birth_certificate" });
+    let lookup = |consent: &str, subject: &str| json!({ "consent_id": consent, "subject": subject, "record_type": "health.birth_certificate", "purpose": "household_registration" });
     // Another department's caseworker cannot use it, and learns neither that it exists
     // nor whose it is; scope is checked before the use count.
     let (status, body) = hub
@@ -93,7 +93,7 @@ async fn full_flow(db: Db, broker: Broker) {
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (403, Some("consent_other_subject")),
+        (403, Some("subject_not_consented")),
         "{body}"
     );
     // Without a consent there is nothing to look up.
@@ -130,7 +130,15 @@ async fn full_flow(db: Db, broker: Broker) {
         certificate["fields"]["child_name"],
         rows[0]["baby_name"].as_str()
     );
-    assert_eq!(certificate["fields"]["mother_id_number"], mother.as_str());
+    assert_eq!(
+        certificate["fields"]["mother_name"],
+        rows[0]["mother_name"].as_str()
+    );
+    // Household registration does not need the parents' ID numbers: not released.
+    assert!(
+        certificate["fields"].get("mother_id_number").is_none(),
+        "{certificate}"
+    );
     let sex = if rows[0]["baby_sex"] == "男" {
         "MALE"
     } else {
@@ -149,7 +157,7 @@ async fn full_flow(db: Db, broker: Broker) {
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (403, Some("consent_used_up")),
+        (403, Some("consent_exhausted")),
         "{body}"
     );
     assert!(body["error"]["message"]
@@ -190,7 +198,7 @@ async fn full_flow(db: Db, broker: Broker) {
         (
             "lookup".into(),
             "refused".into(),
-            Some("consent_used_up".into()),
+            Some("consent_exhausted".into()),
         ),
     ];
     assert_eq!(events, expected);
@@ -256,9 +264,9 @@ async fn one_use_consent_under_concurrency(db: Db) {
     });
     let (status, consent) = hub.post("/v1/consents", &mother, grant).await;
     assert_eq!(status, 201);
-    let body = json!({ "consent_id": consent["consent_id"], "subject": child, "record_type": "health.birth_certificate" });
-    // Eight lookups race on separate tasks (and connections).
-    let handles: Vec<_> = (0..8)
+    let body = json!({ "consent_id": consent["consent_id"], "subject": child, "record_type": "health.birth_certificate", "purpose": "household_registration" });
+    // A hundred lookups race on separate tasks (and connections).
+    let handles: Vec<_> = (0..100)
         .map(|_| {
             let (http, url, token, body) = (
                 hub.http.clone(),
@@ -267,23 +275,53 @@ async fn one_use_consent_under_concurrency(db: Db) {
                 body.clone(),
             );
             tokio::spawn(async move {
-                http.post(url)
+                let response = http
+                    .post(url)
                     .bearer_auth(token)
                     .json(&body)
                     .send()
                     .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body: serde_json::Value = response.json().await.unwrap();
+                (status, body["error"]["code"].as_str().map(str::to_owned))
             })
         })
         .collect();
-    let mut statuses: Vec<u16> = Vec::new();
+    let mut answers = Vec::new();
     for handle in handles {
-        statuses.push(handle.await.unwrap());
+        answers.push(handle.await.unwrap());
     }
-    statuses.sort();
-    assert_eq!(statuses, vec![200, 403, 403, 403, 403, 403, 403, 403]);
+    let allowed = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(allowed, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 200)
+            .all(|a| *a == (403, Some("consent_exhausted".to_owned()))),
+        "{answers:?}"
+    );
+    // The audit holds exactly one release and 99 refusals of this consent.
+    let auditor = env.auditor_token().await;
+    let (_, trail) = hub
+        .get(
+            &format!(
+                "/v1/audit/events?kind=lookup&consent_id={}&limit=1000",
+                consent["consent_id"].as_str().unwrap()
+            ),
+            &auditor,
+        )
+        .await;
+    let events = trail["events"].as_array().unwrap();
+    assert_eq!(events.len(), 100, "{trail}");
+    assert_eq!(
+        events.iter().filter(|e| e["outcome"] == "allowed").count(),
+        1
+    );
+    assert!(events
+        .iter()
+        .filter(|e| e["outcome"] != "allowed")
+        .all(|e| e["outcome"] == "refused" && e["reason"] == "consent_exhausted"));
     hub.running.stop().await;
 }
 

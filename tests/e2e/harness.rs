@@ -115,10 +115,14 @@ impl TestEnv {
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         let root = repo_root();
-        let (schemas_dir, connectors_dir) = if first_versions {
+        let (schemas_dir, connectors_dir, purposes_file) = if first_versions {
             first_version_world(&root, &dir.join("first-versions"))
         } else {
-            (root.join("schemas"), root.join("connectors"))
+            (
+                root.join("schemas"),
+                root.join("connectors"),
+                root.join("config").join("purposes.toml"),
+            )
         };
         let broker = BrokerHandle::start(broker, &dir);
         let database_url = match db {
@@ -137,6 +141,7 @@ impl TestEnv {
 data_dir = "{data}"
 schemas_dir = "{schemas}"
 connectors_dir = "{connectors}"
+purposes_file = "{purposes}"
 [database]
 url = "{database_url}"
 [http]
@@ -153,6 +158,7 @@ start_local = false
             data = dir.display(),
             schemas = schemas_dir.display(),
             connectors = connectors_dir.display(),
+            purposes = purposes_file.display(),
             bootstrap = broker.bootstrap_servers(),
             create_topics = matches!(broker, BrokerHandle::Tansu(_)),
         );
@@ -252,6 +258,21 @@ start_local = false
             .await
     }
 
+    /// Runs one SQL statement on the hub's database, behind the hub's back (a test
+    /// that needs a state no API makes: an expired consent, a corrupt row).
+    pub async fn execute_sql(&self, sql: &str) {
+        let url = self.config.database_url();
+        if url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+
     /// Generates `count` sample certificates into the test's folder.
     pub fn sample(&self, count: usize) -> (PathBuf, Vec<BTreeMap<String, String>>) {
         let rows = datarun_connector::sample::birth_certificates(count, 99);
@@ -267,6 +288,7 @@ start_local = false
         datarun_cli::setup::reference_world(
             &store,
             &self.config.hub.schemas_dir,
+            &self.config.hub.purposes_file,
             &self.config.hub.data_dir,
         )
         .await
@@ -343,7 +365,18 @@ start_local = false
 
 /// Copies of the repository's `.v1.avsc` schemas and of its connectors, each set to
 /// publish version 1, under `into`: (schemas dir, connectors dir).
-fn first_version_world(root: &Path, into: &Path) -> (PathBuf, PathBuf) {
+fn first_version_world(root: &Path, into: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    // The catalogue without the fields version 2 added (a purpose names only fields of
+    // registered schemas).
+    let mut catalogue = std::fs::read_to_string(root.join("config").join("purposes.toml")).unwrap();
+    for field in ["status", "status_reason", "superseded_by"] {
+        catalogue = catalogue
+            .replace(&format!("\"{field}\","), "")
+            .replace(&format!(", \"{field}\""), "");
+    }
+    std::fs::create_dir_all(into).unwrap();
+    let purposes = into.join("purposes.toml");
+    std::fs::write(&purposes, catalogue).unwrap();
     let schemas = into.join("schemas");
     let connectors = into.join("connectors");
     for file in datarun_cli::setup::schema_files(&root.join("schemas")).unwrap() {
@@ -381,7 +414,7 @@ fn first_version_world(root: &Path, into: &Path) -> (PathBuf, PathBuf) {
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(target.join("connector.toml"), out).unwrap();
     }
-    (schemas, connectors)
+    (schemas, connectors, purposes)
 }
 
 pub struct TestHub {

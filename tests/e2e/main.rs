@@ -2,6 +2,7 @@ mod api_errors;
 mod audit;
 mod connector;
 mod consent_defects;
+mod consents;
 mod feed;
 mod flow;
 mod harness;

@@ -733,13 +733,39 @@ async fn sensitivity_travels_with_the_schema(db: Db) {
     assert_eq!(hub.wait_for_certificates(2).await, 2);
     let child = rows[0]["baby_id_no"].clone();
     let mother = env.citizen_token(&rows[0]["mother_id_no"]).await;
+    // A purpose that needs every field the birth certificate has or will have here.
+    let follow_up = |fields: &[&str]| datarun_domain::Purpose {
+        code: datarun_domain::PurposeCode::parse("neonatal_follow_up").unwrap(),
+        title_zh: "新生儿随访".into(),
+        title_en: "Newborn follow-up".into(),
+        legal_basis: "test".into(),
+        whose: Default::default(),
+        needs: std::collections::BTreeMap::from([(
+            datarun_domain::RecordType::parse("health.birth_certificate").unwrap(),
+            fields.iter().map(|f| (*f).to_owned()).collect(),
+        )]),
+    };
+    let v1_fields = [
+        "certificate_id",
+        "child_name",
+        "child_sex",
+        "child_id_number",
+        "date_of_birth",
+        "birth_weight_grams",
+        "mother_name",
+    ];
+    hub.running
+        .store
+        .register_purpose("test", &follow_up(&v1_fields))
+        .await
+        .unwrap();
     let grant = |fields: Option<Vec<&str>>| {
         json!({
             "subject": child,
             "requester_department": "public_security",
             "record_types": ["health.birth_certificate"],
             "fields": fields,
-            "purpose": "household_registration",
+            "purpose": "neonatal_follow_up",
             "max_uses": 5,
         })
     };
@@ -790,6 +816,13 @@ async fn sensitivity_travels_with_the_schema(db: Db) {
         (200, json!(2)),
         "{added}"
     );
+    let mut v2_fields = v1_fields.to_vec();
+    v2_fields.extend(["blood_type", "diagnosis"]);
+    hub.running
+        .store
+        .register_purpose("test", &follow_up(&v2_fields))
+        .await
+        .unwrap();
     let (status, events) = hub
         .get("/v1/audit/events?kind=schema_registered", &auditor)
         .await;
@@ -882,6 +915,7 @@ async fn sensitivity_travels_with_the_schema(db: Db) {
             "consent_id": consent["consent_id"],
             "subject": child,
             "record_type": "health.birth_certificate",
+            "purpose": "neonatal_follow_up",
         });
         let hub = &hub;
         let caseworker = caseworker.clone();
@@ -928,7 +962,7 @@ async fn sensitivity_travels_with_the_schema(db: Db) {
         .post(
             "/v1/lookups",
             &caseworker,
-            json!({"consent_id": other_consent["consent_id"], "subject": other_child, "record_type": "health.birth_certificate"}),
+            json!({"consent_id": other_consent["consent_id"], "subject": other_child, "record_type": "health.birth_certificate", "purpose": "neonatal_follow_up"}),
         )
         .await;
     assert_eq!(status, 200, "{body}");

@@ -131,7 +131,8 @@ async fn status_changes_are_records(db: Db) {
                     json!({
                         "consent_id": consent["consent_id"],
                         "subject": row["baby_id_no"],
-                        "record_type": "health.birth_certificate"
+                        "record_type": "health.birth_certificate",
+                        "purpose": "household_registration"
                     }),
                 )
                 .await;

@@ -6,8 +6,8 @@
 use crate::harness::{postgres_admin_url, unique, Db};
 use datarun_domain::{DepartmentId, PurposeCode, RecordType, ResidentId, Role};
 use datarun_store::{
-    ConsentGrant, IngestItem, IngestOutcome, LookupOutcome, MessageSource, RejectionFilter,
-    StoredRecord, Verdict,
+    ConsentGrant, IngestItem, IngestOutcome, LookupAsk, LookupOutcome, MessageSource,
+    RejectionFilter, StoredRecord, Verdict,
 };
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use std::borrow::Cow;
@@ -151,7 +151,10 @@ async fn skeleton_database_migrates(db: Db) {
     // Keys, tokens and rejections read back in their new types.
     let key = store.trusted_key("health-2026").await.unwrap().unwrap();
     assert_eq!(key.public_key, PUBLIC_KEY);
-    let caseworker = store.authenticate(TOKEN).await.unwrap().expect("old token");
+    let datarun_store::Authentication::Valid(caseworker) = store.authenticate(TOKEN).await.unwrap()
+    else {
+        panic!("a token from before the upgrade still authenticates");
+    };
     assert_eq!(caseworker.role, Role::Caseworker);
     let rejections = store
         .rejections(&RejectionFilter {
@@ -192,10 +195,37 @@ async fn skeleton_database_migrates(db: Db) {
         store.store_batch(&[redelivered]).await.unwrap(),
         vec![IngestOutcome::Duplicate]
     );
+    // The skeleton's purposes have no catalogue entry: `datarun up` registers the
+    // catalogue on every start, as here.
+    let birth = RecordType::parse("health.birth_certificate").unwrap();
+    let purpose = PurposeCode::parse("household_registration").unwrap();
+    store
+        .register_purpose(
+            "operator",
+            &datarun_domain::Purpose {
+                code: purpose.clone(),
+                title_zh: "新生儿入户".into(),
+                title_en: "Registering a newborn".into(),
+                legal_basis: "户口登记条例 第七条".into(),
+                whose: Default::default(),
+                needs: std::collections::BTreeMap::from([(
+                    birth.clone(),
+                    vec!["child_name".into(), "weight_grams".into()],
+                )]),
+            },
+        )
+        .await
+        .unwrap();
     // A consented lookup releases the old record's fields, and is audited on the chain.
     let subject = ResidentId::parse(SUBJECT).unwrap();
     let (citizen, _) = store
-        .create_actor(Role::Citizen, None, Some(&subject), "Li")
+        .create_actor(
+            Role::Citizen,
+            None,
+            Some(&subject),
+            "Li",
+            std::time::Duration::from_secs(3_600),
+        )
         .await
         .unwrap();
     let consent = store
@@ -217,9 +247,13 @@ async fn skeleton_database_migrates(db: Db) {
     let outcome = store
         .lookup(
             &caseworker,
-            &consent.consent_id,
-            SUBJECT,
-            &RecordType::parse("health.birth_certificate").unwrap(),
+            LookupAsk {
+                consent_id: consent.consent_id.clone(),
+                subject: SUBJECT.into(),
+                record_types: vec![birth.clone()],
+                purpose: purpose.clone(),
+                fields: None,
+            },
         )
         .await
         .unwrap();
@@ -239,9 +273,13 @@ async fn skeleton_database_migrates(db: Db) {
     let outcome = store
         .lookup(
             &caseworker,
-            "consent_5ce1e7000000000000000000000000aa",
-            SUBJECT,
-            &RecordType::parse("health.birth_certificate").unwrap(),
+            LookupAsk {
+                consent_id: "consent_5ce1e7000000000000000000000000aa".to_owned(),
+                subject: SUBJECT.into(),
+                record_types: vec![birth.clone()],
+                purpose: purpose.clone(),
+                fields: None,
+            },
         )
         .await
         .unwrap();
@@ -252,7 +290,7 @@ async fn skeleton_database_migrates(db: Db) {
         certificates[0].fields.keys().collect::<Vec<_>>(),
         vec!["child_name"]
     );
-    assert_eq!(store.verify_audit_chain().await.unwrap(), Ok(3));
+    assert_eq!(store.verify_audit_chain().await.unwrap(), Ok(4));
     store.close().await;
     // A second start finds nothing left to migrate.
     let again = datarun_store::Store::connect(&url, vec![5; 32])

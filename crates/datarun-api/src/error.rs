@@ -43,6 +43,15 @@ impl From<StoreError> for ApiError {
                 format!("{what} not found"),
             ),
             StoreError::Forbidden(message) => Self::forbidden("forbidden", message),
+            StoreError::Refused { code, message } => {
+                let status = match code {
+                    "consent_not_found" => StatusCode::NOT_FOUND,
+                    "consent_revoked" | "consent_paused" | "consent_not_paused"
+                    | "consent_expired" | "consent_exhausted" => StatusCode::CONFLICT,
+                    _ => StatusCode::FORBIDDEN,
+                };
+                Self::new(status, code, message)
+            }
             StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             other => {
                 tracing::error!(error = %other, "request failed inside the hub");

@@ -24,6 +24,9 @@ pub struct ApiState {
     /// The records topics' common prefix (`<topic prefix>records.`): a record type's
     /// registry subject is its topic's name and `-value`.
     pub records_topic_prefix: String,
+    /// This hub instance's key for the documents it signs (lookup responses, consent
+    /// artefacts); its public half is registered in the store at start.
+    pub signer: Arc<datarun_domain::signed::HubSigner>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -31,15 +34,28 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/v1/hub/keys", get(routes::hub_keys))
         .route("/v1/whoami", get(routes::whoami))
+        .route("/v1/logout", post(routes::logout))
+        .route("/v1/operator/tokens/revoke", post(routes::revoke_tokens))
         .route(
             "/v1/consents",
             post(routes::grant_consent).get(routes::list_consents),
         )
+        .route("/v1/consents/{consent_id}", get(routes::consent_detail))
         .route(
             "/v1/consents/{consent_id}/revoke",
             post(routes::revoke_consent),
         )
+        .route(
+            "/v1/consents/{consent_id}/pause",
+            post(routes::pause_consent),
+        )
+        .route(
+            "/v1/consents/{consent_id}/resume",
+            post(routes::resume_consent),
+        )
+        .route("/v1/purposes", get(routes::purposes))
         .route("/v1/lookups", post(routes::lookup))
         .route("/v1/feed", get(routes::feed))
         .route("/v1/audit/events", get(routes::audit_events))

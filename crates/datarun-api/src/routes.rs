@@ -8,9 +8,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use datarun_domain::{
-    AuditEvent, Consent, DepartmentId, PurposeCode, RecordType, ResidentId, Role,
+    AuditEvent, Consent, DepartmentId, PurposeCode, RecordType, ResidentId, Role, StatusChange,
 };
-use datarun_store::{Actor, AuditFilter, ConsentGrant, LookupOutcome};
+use datarun_store::{
+    Actor, AuditFilter, Authentication, ConsentGrant, LookupAsk, LookupOutcome, RevokeTarget,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -43,8 +45,71 @@ pub(crate) async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Acto
         .ok()
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or_else(|| unauthenticated("the Authorization header must be Bearer <token>"))?;
-    let actor = state.store.authenticate(token.trim()).await?;
-    actor.ok_or_else(|| unauthenticated("unknown or revoked token"))
+    match state.store.authenticate(token.trim()).await? {
+        Authentication::Valid(actor) => Ok(actor),
+        Authentication::Expired => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "the token expired; ask for a new one",
+        )),
+        Authentication::Unknown => Err(unauthenticated("unknown or revoked token")),
+    }
+}
+
+/// The bearer token of an authenticated request.
+fn bearer(parts: &axum::http::HeaderMap) -> Option<&str> {
+    parts
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Ends the caller's own token (logging out), at once on every hub.
+pub async fn logout(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    headers: axum::http::HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let token = bearer(&headers).unwrap_or_default().to_owned();
+    state
+        .store
+        .revoke_tokens(&caller.actor_id, &RevokeTarget::Token(token))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTokensBody {
+    /// One token, by its text (a leaked token).
+    token: Option<String>,
+    /// Every live token of one actor (a caseworker who left).
+    actor_id: Option<String>,
+}
+
+/// Revokes a token or all of an actor's tokens; when it answers, no hub honours them.
+pub async fn revoke_tokens(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    payload: Result<Json<RevokeTokensBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Operator)?;
+    let target = match body(payload)? {
+        RevokeTokensBody {
+            token: Some(token),
+            actor_id: None,
+        } => RevokeTarget::Token(token),
+        RevokeTokensBody {
+            token: None,
+            actor_id: Some(actor_id),
+        } => RevokeTarget::Actor(actor_id),
+        _ => return Err(ApiError::bad_request("name either token or actor_id")),
+    };
+    let revoked = state.store.revoke_tokens(&caller.actor_id, &target).await?;
+    tracing::info!(actor = %caller.actor_id, revoked, "tokens revoked");
+    Ok(Json(json!({ "revoked": revoked })))
 }
 
 fn require(caller: &Actor, role: Role) -> Result<(), ApiError> {
@@ -109,6 +174,38 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
+/// A JSON object signed by this hub instance (`datarun_domain::signed`).
+fn signed(state: &ApiState, value: Value) -> Value {
+    match value {
+        Value::Object(mut document) => {
+            state.signer.sign(&mut document);
+            Value::Object(document)
+        }
+        other => other,
+    }
+}
+
+/// The public keys of every hub instance on this database, for checking signed
+/// documents offline; no token needed.
+pub async fn hub_keys(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let keys = state.store.hub_keys().await?;
+    Ok(Json(json!({
+        "keys": keys
+            .iter()
+            .map(|k| json!({
+                "key_id": k.key_id,
+                "algorithm": "Ed25519",
+                "public_key": hex_lower(&k.public_key),
+                "registered_at_millis": k.registered_at_millis,
+            }))
+            .collect::<Vec<_>>(),
+    })))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub async fn whoami(Caller(caller): Caller) -> Json<Value> {
     Json(json!({
         "actor_id": caller.actor_id,
@@ -141,6 +238,8 @@ pub struct GrantBody {
 fn consent_json(consent: &Consent) -> Value {
     json!({
         "consent_id": consent.consent_id,
+        "subject": consent.subject,
+        "granted_by": consent.granted_by,
         "requester_department": consent.requester_department,
         "caseworker": consent.caseworker,
         "record_types": consent.record_types,
@@ -149,7 +248,7 @@ fn consent_json(consent: &Consent) -> Value {
         "purpose": consent.purpose,
         "max_uses": consent.max_uses,
         "uses": consent.uses,
-        "status": consent.status,
+        "status": consent.status_at(datarun_store::now_millis()),
         "expires_at_millis": consent.expires_at_millis,
         "granted_at_millis": consent.granted_at_millis,
         "granted_by_guardian": consent.granted_by != consent.subject,
@@ -181,7 +280,10 @@ pub async fn grant_consent(
         )
         .await?;
     tracing::info!(actor = %caller.actor_id, consent_id = %consent.consent_id, "consent granted");
-    Ok((StatusCode::CREATED, Json(consent_json(&consent))))
+    Ok((
+        StatusCode::CREATED,
+        Json(signed(&state, consent_json(&consent))),
+    ))
 }
 
 pub async fn list_consents(
@@ -195,14 +297,90 @@ pub async fn list_consents(
     ))
 }
 
+async fn change_consent(
+    state: &ApiState,
+    caller: &Actor,
+    consent_id: &str,
+    change: StatusChange,
+) -> Result<Json<Value>, ApiError> {
+    require(caller, Role::Citizen)?;
+    let consent = state
+        .store
+        .change_consent_status(caller, consent_id, change)
+        .await?;
+    tracing::info!(actor = %caller.actor_id, consent_id = %consent.consent_id, change = change.event_kind(), "consent changed");
+    Ok(Json(signed(state, consent_json(&consent))))
+}
+
+/// Revokes a consent for good, from the very next lookup: one call, as granting is.
 pub async fn revoke_consent(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     Path(consent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&caller, Role::Citizen)?;
-    let consent = state.store.revoke_consent(&caller, &consent_id).await?;
-    Ok(Json(consent_json(&consent)))
+    change_consent(&state, &caller, &consent_id, StatusChange::Revoke).await
+}
+
+/// Holds a consent: lookups are refused (`consent_paused`) until it is resumed.
+pub async fn pause_consent(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(consent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    change_consent(&state, &caller, &consent_id, StatusChange::Pause).await
+}
+
+pub async fn resume_consent(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(consent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    change_consent(&state, &caller, &consent_id, StatusChange::Resume).await
+}
+
+/// One consent with its history, for its grantor, its subject, or a caseworker of the
+/// department it was granted to; 404 for anyone else.
+pub async fn consent_detail(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(consent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some((consent, history)) = state
+        .store
+        .consent_with_history(&caller, &consent_id)
+        .await?
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "consent_not_found",
+            "no consent with that id is yours to see",
+        ));
+    };
+    // The artefact, signed as it stands now; its history beside it.
+    let mut body = json!({ "consent": signed(&state, consent_json(&consent)) });
+    body["history"] = history
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "occurred_at_millis": e.occurred_at_millis,
+                "kind": e.kind,
+                "actor": e.actor,
+                "outcome": e.outcome,
+                "reason": e.reason,
+            })
+        })
+        .collect();
+    Ok(Json(body))
+}
+
+/// The purpose catalogue: what each purpose may need, and on what legal basis. Any
+/// authenticated caller may read it (a citizen's app shows it before a grant).
+pub async fn purposes(
+    State(state): State<ApiState>,
+    Caller(_caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "purposes": state.store.purposes().await? })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,7 +389,19 @@ pub struct LookupBody {
     consent_id: String,
     /// The subject's identifier as the caseworker has it (from the citizen or the form).
     subject: String,
-    record_type: RecordType,
+    /// One record type…
+    #[serde(default)]
+    record_type: Option<RecordType>,
+    /// …or several, for a bundle (一件事一次办): each the subject's, or the grantor's
+    /// where the purpose says so.
+    #[serde(default)]
+    record_types: Option<Vec<RecordType>>,
+    /// Why: the consent's purpose.
+    purpose: PurposeCode,
+    /// Only these fields (each consented and needed by the purpose); default: all the
+    /// consent and the purpose allow.
+    #[serde(default)]
+    fields: Option<Vec<String>>,
 }
 
 pub async fn lookup(
@@ -228,13 +418,26 @@ pub async fn lookup(
     }
     let subject = ResidentId::parse(&request.subject)
         .map_err(|error| ApiError::bad_request(format!("subject: {error}")))?;
+    let record_types = match (request.record_type, request.record_types) {
+        (Some(one), None) => vec![one],
+        (None, Some(several)) => several,
+        _ => {
+            return Err(ApiError::bad_request(
+                "name either record_type or record_types",
+            ))
+        }
+    };
     match state
         .store
         .lookup(
             &caller,
-            &request.consent_id,
-            subject.as_str(),
-            &request.record_type,
+            LookupAsk {
+                consent_id: request.consent_id,
+                subject: subject.as_str().to_owned(),
+                record_types,
+                purpose: request.purpose,
+                fields: request.fields,
+            },
         )
         .await?
     {
@@ -244,11 +447,17 @@ pub async fn lookup(
             audit_seq,
         } => {
             tracing::info!(actor = %caller.actor_id, consent_id = %consent.consent_id, audit_seq, released = certificates.len(), "lookup allowed");
-            Ok(Json(json!({
-                "audit_seq": audit_seq,
-                "consent": { "consent_id": consent.consent_id, "purpose": consent.purpose, "uses": consent.uses, "max_uses": consent.max_uses },
-                "certificates": certificates,
-            })))
+            Ok(Json(signed(
+                &state,
+                json!({
+                    "audit_seq": audit_seq,
+                    "issued_at_millis": datarun_store::now_millis(),
+                    "requester": { "department": caller.department, "caseworker": caller.actor_id },
+                    "subject": subject.as_str(),
+                    "consent": { "consent_id": consent.consent_id, "purpose": consent.purpose, "uses": consent.uses, "max_uses": consent.max_uses },
+                    "certificates": certificates,
+                }),
+            )))
         }
         LookupOutcome::Refused { refusal, audit_seq } => {
             tracing::info!(actor = %caller.actor_id, code = refusal.code(), audit_seq, "lookup refused");

@@ -65,6 +65,24 @@ pub async fn consumed_record_types(config: &Config, store: &Store) -> anyhow::Re
     Ok(registered)
 }
 
+/// This hub instance's signing key: `hub.signing_key_file`, or `<data_dir>/keys/hub.pk8`
+/// generated on first start.
+pub fn hub_signer(config: &Config) -> anyhow::Result<datarun_domain::signed::HubSigner> {
+    let path = if config.hub.signing_key_file.as_os_str().is_empty() {
+        config.hub.data_dir.join("keys").join("hub.pk8")
+    } else {
+        config.hub.signing_key_file.clone()
+    };
+    if !path.exists() {
+        crate::setup::generate_key(&path, crate::setup::KeyFormat::for_path(&path))
+            .with_context(|| format!("creating the hub's signing key {}", path.display()))?;
+    }
+    let bytes = crate::secrets::read_secret(&path)?;
+    let key_pair = datarun_domain::keys::parse_private_key(&bytes)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok(datarun_domain::signed::HubSigner::new(key_pair))
+}
+
 /// Starts ingest and the HTTP API on an already-open store.
 pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
     let kafka = config.kafka_settings();
@@ -108,6 +126,13 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(async move {
         checkpoints
             .run_checkpoints(datarun_store::CHECKPOINT_EVERY, checkpoints_shutdown)
+            .await;
+    }));
+    let auth_watch = store.clone();
+    let auth_watch_shutdown = shutdown_signal(&receiver);
+    tasks.push(tokio::spawn(async move {
+        auth_watch
+            .run_auth_watch(datarun_store::AUTH_POLL_EVERY, auth_watch_shutdown)
             .await;
     }));
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -154,10 +179,16 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
         text.push_str(&format!("datarun_ingest_offsets_skipped_total {skipped}\n"));
         text
     });
+    let signer = Arc::new(hub_signer(config)?);
+    store
+        .register_hub_key(signer.key_id(), signer.public_key())
+        .await
+        .context("registering the hub's signing key")?;
     let state = ApiState {
         store: store.clone(),
         metrics,
         records_topic_prefix: kafka.records_topic(""),
+        signer,
     };
     let http_shutdown = shutdown_signal(&receiver);
     tasks.push(tokio::spawn(async move {

@@ -119,7 +119,13 @@ pub async fn fresh_hub(
         }
     }
     let store = app::open_store(&config).await?;
-    setup::reference_world(&store, &config.hub.schemas_dir, &dir).await?;
+    setup::reference_world(
+        &store,
+        &config.hub.schemas_dir,
+        &config.hub.purposes_file,
+        &dir,
+    )
+    .await?;
     Ok(BenchHub {
         config,
         store,
@@ -437,15 +443,28 @@ pub async fn lookups(
     let rows = datarun_connector::sample::birth_certificates(certificates, 1);
     let department = datarun_domain::DepartmentId::parse("public_security")?;
     let (caseworker, _) = store
-        .create_actor(Role::Caseworker, Some(&department), None, "bench counter")
+        .create_actor(
+            Role::Caseworker,
+            Some(&department),
+            None,
+            "bench counter",
+            std::time::Duration::from_secs(86_400),
+        )
         .await?;
     let record_type = RecordType::parse("health.birth_certificate")?;
+    let purpose = datarun_domain::PurposeCode::parse("household_registration")?;
     let mut work = Vec::with_capacity(lookups);
     for index in 0..lookups {
         let row = &rows[index % rows.len()];
         let child = ResidentId::parse(&row["baby_id_no"])?;
         let (citizen, _) = store
-            .create_actor(Role::Citizen, None, Some(&child), "bench citizen")
+            .create_actor(
+                Role::Citizen,
+                None,
+                Some(&child),
+                "bench citizen",
+                std::time::Duration::from_secs(86_400),
+            )
             .await?;
         let consent = store
             .grant_consent(
@@ -456,7 +475,7 @@ pub async fn lookups(
                     caseworker: None,
                     record_types: vec![record_type.clone()],
                     fields: None,
-                    purpose: datarun_domain::PurposeCode::parse("household_registration")?,
+                    purpose: purpose.clone(),
                     max_uses: 1,
                     expires_at_millis: datarun_store::now_millis() + 3_600_000,
                 },
@@ -468,11 +487,12 @@ pub async fn lookups(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (queue, store, caseworker, record_type) = (
+        let (queue, store, caseworker, record_type, purpose) = (
             queue.clone(),
             store.clone(),
             caseworker.clone(),
             record_type.clone(),
+            purpose.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -482,7 +502,16 @@ pub async fn lookups(
                 };
                 let began = Instant::now();
                 let outcome = store
-                    .lookup(&caseworker, &consent_id, &subject, &record_type)
+                    .lookup(
+                        &caseworker,
+                        datarun_store::LookupAsk {
+                            consent_id,
+                            subject,
+                            record_types: vec![record_type.clone()],
+                            purpose: purpose.clone(),
+                            fields: None,
+                        },
+                    )
                     .await?;
                 latencies.push(began.elapsed());
                 if !matches!(outcome, LookupOutcome::Allowed { .. }) {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use datarun_api::registry::SensitivityRaises;
 use datarun_connector::{Connector, RunOptions};
-use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType, ResidentId, Role};
+use datarun_domain::{DepartmentId, KeyId, RecordType, ResidentId, Role};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +79,22 @@ enum Command {
     /// Measure the hot paths on a fresh hub (figures only; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Check a document the hub signed (a lookup response, a consent artefact) against
+    /// the hub's public keys, offline: exit 0 and the signing key's id when it is intact.
+    VerifyResponse {
+        /// The document: the JSON body as received.
+        file: PathBuf,
+        /// The hub's keys as `GET /v1/hub/keys` answers them, saved to a file.
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        keys: Option<PathBuf>,
+        /// One hub public key, 64 hex digits.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,12 +197,11 @@ enum SchemaCommand {
 
 #[derive(Debug, Subcommand)]
 enum PurposeCommand {
-    /// Add a purpose code to the catalogue.
-    Add {
-        code: String,
-        #[arg(long)]
-        description: String,
-    },
+    /// Register (add or replace) the purposes of a catalogue file like
+    /// config/purposes.toml: titles, legal basis, and the fields each may need.
+    Register { file: PathBuf },
+    /// Print the registered catalogue as JSON.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +218,20 @@ enum TokenCommand {
         resident_id: Option<String>,
         #[arg(long)]
         name: String,
+        /// How long the token lasts (`8h`, `30d`); default: auth.person_token_hours, or
+        /// auth.department_token_hours for a department's system.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke a token, or every token of an actor. When the command returns, no running
+    /// hub on this database honours them (each polls for revocations every 100 ms).
+    Revoke {
+        /// The token itself (a leaked one).
+        #[arg(long, conflicts_with = "actor", required_unless_present = "actor")]
+        token: Option<String>,
+        /// An actor id (`caseworker_…`): all its tokens.
+        #[arg(long)]
+        actor: Option<String>,
     },
 }
 
@@ -499,12 +528,20 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             writeln!(out, "{record_type} version {version} registered")?;
             Ok(0)
         }
-        Command::Purpose(PurposeCommand::Add { code, description }) => {
+        Command::Purpose(PurposeCommand::Register { file }) => {
             let store = app::open_store(&config).await?;
-            store
-                .add_purpose(&PurposeCode::parse(&code)?, &description)
-                .await?;
-            writeln!(out, "purpose {code} registered")?;
+            let registered = setup::register_purposes(&store, &file).await?;
+            writeln!(
+                out,
+                "{registered} purpose(s) registered from {}",
+                file.display()
+            )?;
+            Ok(0)
+        }
+        Command::Purpose(PurposeCommand::List) => {
+            let store = app::open_store(&config).await?;
+            let purposes = store.purposes().await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&purposes)?)?;
             Ok(0)
         }
         Command::Token(TokenCommand::Issue {
@@ -512,6 +549,7 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             department,
             resident_id,
             name,
+            ttl,
         }) => {
             let store = app::open_store(&config).await?;
             let role = Role::parse(&role).with_context(|| {
@@ -521,12 +559,54 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             })?;
             let department = department.as_deref().map(DepartmentId::parse).transpose()?;
             let resident_id = resident_id.as_deref().map(ResidentId::parse).transpose()?;
+            let lifetime_millis = match &ttl {
+                Some(ttl) => parse_duration_millis(ttl)?,
+                None => {
+                    let hours = if role == Role::Department {
+                        config.auth.department_token_hours
+                    } else {
+                        config.auth.person_token_hours
+                    };
+                    i64::from(hours) * 3_600_000
+                }
+            };
+            let lifetime = std::time::Duration::from_millis(lifetime_millis.max(0) as u64);
             let (actor, token) = store
-                .create_actor(role, department.as_ref(), resident_id.as_ref(), &name)
+                .create_actor(
+                    role,
+                    department.as_ref(),
+                    resident_id.as_ref(),
+                    &name,
+                    lifetime,
+                )
                 .await?;
-            eprintln!("issued a token for {} ({})", actor.actor_id, role.as_str());
+            eprintln!(
+                "issued a token for {} ({}), valid for {}",
+                actor.actor_id,
+                role.as_str(),
+                ttl.unwrap_or_else(|| format!("{}h", lifetime_millis / 3_600_000))
+            );
             writeln!(out, "{token}")?;
             Ok(0)
+        }
+        Command::Token(TokenCommand::Revoke { token, actor }) => {
+            let store = app::open_store(&config).await?;
+            let target = match (token, actor) {
+                (Some(token), _) => datarun_store::RevokeTarget::Token(token),
+                (None, Some(actor)) => datarun_store::RevokeTarget::Actor(actor),
+                (None, None) => bail!("name --token or --actor"),
+            };
+            match store.revoke_tokens(setup::OPERATOR_CLI, &target).await {
+                Ok(revoked) => {
+                    writeln!(out, "{revoked} token(s) revoked")?;
+                    Ok(0)
+                }
+                Err(datarun_store::StoreError::NotFound(_)) => {
+                    eprintln!("no live token matches");
+                    Ok(1)
+                }
+                Err(error) => Err(error.into()),
+            }
         }
         Command::Connector(ConnectorCommand::Status {
             state_dir,
@@ -744,6 +824,11 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::VerifyResponse {
+            file,
+            keys,
+            public_key,
+        } => verify_response(&file, keys.as_deref(), public_key.as_deref(), out),
         Command::Audit(AuditCommand::Verify) => {
             let store = app::open_store(&config).await?;
             match store.verify_audit_chain().await? {
@@ -756,6 +841,65 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
                     Ok(1)
                 }
             }
+        }
+    }
+}
+
+/// Most bytes of a document or key file `verify-response` reads.
+const VERIFY_FILE_MAX: u64 = 64 * 1024 * 1024;
+
+fn read_json_file(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= VERIFY_FILE_MAX,
+        "{} is larger than 64 MiB",
+        path.display()
+    );
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// `datarun verify-response`: exit 0 when intact, 1 when not, with the reason.
+fn verify_response(
+    file: &Path,
+    keys: Option<&Path>,
+    public_key: Option<&str>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<u8> {
+    let document = read_json_file(file)?;
+    let parse_key = |text: &str| -> anyhow::Result<[u8; 32]> {
+        hex::decode(text.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .context("a public key is 64 hex digits")
+    };
+    let mut known = Vec::new();
+    if let Some(text) = public_key {
+        let key = parse_key(text)?;
+        known.push((datarun_domain::signed::hub_key_id(&key), key));
+    }
+    if let Some(path) = keys {
+        let listed = read_json_file(path)?;
+        for entry in listed["keys"]
+            .as_array()
+            .context("the keys file holds {\"keys\": [...]}, as GET /v1/hub/keys answers")?
+        {
+            let key = parse_key(entry["public_key"].as_str().unwrap_or_default())?;
+            // The id is derived from the key, never taken from the file.
+            known.push((datarun_domain::signed::hub_key_id(&key), key));
+        }
+    }
+    match datarun_domain::signed::verify_document(&document, &known) {
+        Ok(key_id) => {
+            writeln!(out, "intact: signed by the hub with key {key_id}")?;
+            Ok(0)
+        }
+        Err(problem) => {
+            writeln!(out, "NOT VALID: {problem}")?;
+            Ok(1)
         }
     }
 }
@@ -837,7 +981,13 @@ async fn up(
         None
     };
     let store = app::open_store(&config).await?;
-    setup::reference_world(&store, &config.hub.schemas_dir, &data_dir).await?;
+    setup::reference_world(
+        &store,
+        &config.hub.schemas_dir,
+        &config.hub.purposes_file,
+        &data_dir,
+    )
+    .await?;
     let manifest = data_dir.join("sample").join("manifest.json");
     if !manifest.exists() {
         let population = datarun_connector::population::generate(people, 2026);
@@ -952,10 +1102,10 @@ CONSENT=$(curl -s -X POST {url}/v1/consents -H "Authorization: Bearer $MOTHER" -
 echo "consent: $CONSENT"
 # 3. the caseworker looks the certificate up under that consent (200, the certificate's fields)
 curl -s -X POST {url}/v1/lookups -H "Authorization: Bearer $CASEWORKER" -H 'content-type: application/json' \
-  -d "{{\"consent_id\":\"$CONSENT\",\"subject\":\"{child}\",\"record_type\":\"health.birth_certificate\"}}"; echo
-# 4. a second lookup with the same consent is refused (403, consent_used_up)
+  -d "{{\"consent_id\":\"$CONSENT\",\"subject\":\"{child}\",\"record_type\":\"health.birth_certificate\",\"purpose\":\"household_registration\"}}"; echo
+# 4. a second lookup with the same consent is refused (403, consent_exhausted)
 curl -s -X POST {url}/v1/lookups -H "Authorization: Bearer $CASEWORKER" -H 'content-type: application/json' \
-  -d "{{\"consent_id\":\"$CONSENT\",\"subject\":\"{child}\",\"record_type\":\"health.birth_certificate\"}}"; echo
+  -d "{{\"consent_id\":\"$CONSENT\",\"subject\":\"{child}\",\"record_type\":\"health.birth_certificate\",\"purpose\":\"household_registration\"}}"; echo
 # 5. the audit trail for the child, and the chain check
 curl -s "{url}/v1/audit/events?subject={child}" -H "Authorization: Bearer $AUDITOR"; echo
 curl -s {url}/v1/me/access-log -H "Authorization: Bearer $MOTHER"; echo

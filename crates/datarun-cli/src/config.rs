@@ -17,6 +17,17 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub ingest: IngestConfig,
     pub broker: BrokerConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a token `datarun token issue` gives a department's system lasts, hours.
+    pub department_token_hours: u32,
+    /// How long a token given to a person (caseworker, citizen, auditor, operator)
+    /// lasts, hours: a working shift.
+    pub person_token_hours: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,8 +46,13 @@ pub struct HubConfig {
     pub schemas_dir: PathBuf,
     /// The `connectors/` folder.
     pub connectors_dir: PathBuf,
+    /// The purpose catalogue registered by `datarun up`.
+    pub purposes_file: PathBuf,
     /// The pseudonym key file; empty means `<data_dir>/secrets/pseudonym.key`.
     pub pseudonym_key_file: PathBuf,
+    /// This hub instance's Ed25519 key for the documents it signs (PKCS#8, DER or PEM);
+    /// empty means `<data_dir>/keys/hub.pk8`, created on first start.
+    pub signing_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +104,9 @@ const DEFAULTS: &str = r#"
 data_dir = "data"
 schemas_dir = "schemas"
 connectors_dir = "connectors"
+purposes_file = "config/purposes.toml"
 pseudonym_key_file = ""
+signing_key_file = ""
 
 [database]
 url = ""
@@ -111,6 +129,10 @@ max_clock_skew_secs = 300
 [broker]
 start_local = true
 port = 19092
+
+[auth]
+department_token_hours = 2160
+person_token_hours = 12
 "#;
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use datarun_api::registry::SensitivityRaises;
-use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
+use datarun_domain::{DepartmentId, KeyId, RecordType};
 use datarun_store::Store;
 use std::path::{Path, PathBuf};
 
@@ -24,22 +24,48 @@ pub const DEPARTMENTS: [(&str, &str); 7] = [
     ("education", "广东省教育厅 Education"),
 ];
 
-/// The purpose catalogue: (code, description).
-pub const PURPOSES: [(&str, &str); 4] = [
-    (
-        "household_registration",
-        "新生儿户口登记 — registering a newborn in the household register",
-    ),
-    (
-        "social_insurance_enrolment",
-        "参保登记 — enrolling in social insurance",
-    ),
-    ("school_enrolment", "入学报名 — enrolling a child in school"),
-    (
-        "medical_insurance_enrolment",
-        "医保参保 — enrolling in medical insurance",
-    ),
-];
+/// The purpose catalogue file: `[[purpose]]` tables (`config/purposes.toml`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurposeCatalogue {
+    purpose: Vec<datarun_domain::Purpose>,
+}
+
+/// Most purposes one catalogue file may hold.
+const CATALOGUE_MAX: usize = 500;
+
+/// Reads a purpose catalogue file.
+pub fn read_purposes(path: &Path) -> anyhow::Result<Vec<datarun_domain::Purpose>> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("reading the purpose catalogue {}", path.display()))?;
+    anyhow::ensure!(
+        metadata.len() <= 4 * 1024 * 1024,
+        "{} is larger than 4 MiB",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the purpose catalogue {}", path.display()))?;
+    let catalogue: PurposeCatalogue = toml::from_str(&text)
+        .with_context(|| format!("parsing the purpose catalogue {}", path.display()))?;
+    anyhow::ensure!(
+        catalogue.purpose.len() <= CATALOGUE_MAX,
+        "{}: at most {CATALOGUE_MAX} purposes",
+        path.display()
+    );
+    Ok(catalogue.purpose)
+}
+
+/// Registers every purpose of a catalogue file; returns how many.
+pub async fn register_purposes(store: &Store, path: &Path) -> anyhow::Result<usize> {
+    let purposes = read_purposes(path)?;
+    for purpose in &purposes {
+        store
+            .register_purpose(OPERATOR_CLI, purpose)
+            .await
+            .with_context(|| format!("registering purpose {}", purpose.code))?;
+    }
+    Ok(purposes.len())
+}
 
 /// How a private key file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -205,23 +231,19 @@ pub fn reference_key_file(data_dir: &Path, department: &str) -> PathBuf {
     data_dir.join("keys").join(format!("{department}-2026.pk8"))
 }
 
-/// Registers departments, purposes and schemas; for every department, a signing key
+/// Registers departments, schemas and the purpose catalogue; for every department, a signing key
 /// (generated into `data_dir/keys/` on first start) and the right to publish the record
 /// types its schemas declare — the reference world's policy, stated here once.
 /// Returns the health department's key file.
 pub async fn reference_world(
     store: &Store,
     schemas_dir: &Path,
+    purposes_file: &Path,
     data_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     for (id, name) in DEPARTMENTS {
         store
             .add_department(&DepartmentId::parse(id)?, name)
-            .await?;
-    }
-    for (code, description) in PURPOSES {
-        store
-            .add_purpose(&PurposeCode::parse(code)?, description)
             .await?;
     }
     // The schema directory is the operator's own declaration of each record type,
@@ -231,6 +253,8 @@ pub async fn reference_world(
         let (record_type, _) = register_schema_file(store, &file, SensitivityRaises::Allow).await?;
         record_types.push(record_type);
     }
+    // After the schemas: a purpose names fields of registered record types.
+    register_purposes(store, purposes_file).await?;
     for (id, _) in DEPARTMENTS {
         let department = DepartmentId::parse(id)?;
         let key_file = reference_key_file(data_dir, id);

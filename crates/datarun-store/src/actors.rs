@@ -1,10 +1,11 @@
 //! Actors (department systems, caseworkers, citizens, auditors, operators) and their tokens.
 
-use crate::{
-    now_millis, on_pool, on_tx, optional_text, random_id, text, Result, Store, StoreError,
-};
+use crate::{now_millis, on_tx, optional_text, random_id, text, Result, Store, StoreError};
 use datarun_domain::token::{token_from_random, TokenHash};
 use datarun_domain::{DepartmentId, ResidentId, Role};
+
+/// The longest a token may last: 400 days (a department system's token, renewed yearly).
+pub const MAX_TOKEN_LIFETIME_MILLIS: i64 = 400 * 24 * 3_600_000;
 
 /// An authenticated actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,14 +18,22 @@ pub struct Actor {
 }
 
 impl Store {
-    /// Creates an actor and returns it with a new bearer token (shown once, stored hashed).
+    /// Creates an actor and returns it with a new bearer token (shown once, stored
+    /// hashed) that expires after `lifetime`.
     pub async fn create_actor(
         &self,
         role: Role,
         department: Option<&DepartmentId>,
         resident_id: Option<&ResidentId>,
         display_name: &str,
+        lifetime: std::time::Duration,
     ) -> Result<(Actor, String)> {
+        let lifetime_millis = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+        if !(1_000..=MAX_TOKEN_LIFETIME_MILLIS).contains(&lifetime_millis) {
+            return Err(StoreError::Invalid(
+                "a token lasts from one second to 400 days".into(),
+            ));
+        }
         match role {
             Role::Department | Role::Caseworker if department.is_none() => {
                 return Err(StoreError::Invalid(format!(
@@ -56,6 +65,7 @@ impl Store {
         let token = token_from_random(&random);
         let mut tx = self.begin_write().await?;
         let token_hash = TokenHash::of(&token);
+        let now = now_millis();
         on_tx!(&mut tx, |conn| {
             sqlx::query(
                 "INSERT INTO actors (actor_id, role, department_id, resident_id, display_name, created_at)
@@ -70,36 +80,21 @@ impl Store {
             .execute(&mut *conn)
             .await?;
             sqlx::query(
-                "INSERT INTO tokens (token_hash, actor_id, created_at) VALUES ($1, $2, $3)",
+                "INSERT INTO tokens (token_hash, actor_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
             )
             .bind(&token_hash.0[..])
             .bind(&actor.actor_id)
-            .bind(now_millis())
+            .bind(now)
+            .bind(now + lifetime_millis)
             .execute(&mut *conn)
             .await?;
         });
         tx.commit().await?;
         Ok((actor, token))
     }
-
-    /// The actor a bearer token belongs to, if the token is known and not revoked.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>> {
-        let token_hash = TokenHash::of(token);
-        on_pool!(self, |pool| {
-            let row = sqlx::query(
-                "SELECT a.actor_id, a.role, a.department_id, a.resident_id, a.display_name
-                 FROM tokens t JOIN actors a ON a.actor_id = t.actor_id
-                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-            )
-            .bind(&token_hash.0[..])
-            .fetch_optional(pool)
-            .await?;
-            row.as_ref().map(actor_from_row).transpose()
-        })
-    }
 }
 
-fn actor_from_row(row: &impl crate::RowExt) -> Result<Actor> {
+pub(crate) fn actor_from_row(row: &impl crate::RowExt) -> Result<Actor> {
     let role_text = text(row, "role")?;
     let role =
         Role::parse(&role_text).ok_or_else(|| StoreError::Corrupt(format!("role {role_text}")))?;

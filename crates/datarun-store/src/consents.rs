@@ -3,6 +3,7 @@
 //! a one-use consent cannot both succeed and no access goes unaudited.
 
 use crate::audit::{append, insert_event, lock_head, reserve, set_head, NewAuditEvent};
+use crate::purposes::purpose_in;
 use crate::schemas::{latest_live_version, version_at, versions_from};
 use crate::{
     integer, now_millis, on_pool, on_tx, optional_text, random_id, text, Actor, Result, RowExt,
@@ -10,9 +11,10 @@ use crate::{
 };
 use datarun_domain::consent::{MAX_CONSENT_MILLIS, MAX_CONSENT_USES};
 use datarun_domain::date::CivilDate;
+use datarun_domain::purpose::Whose;
 use datarun_domain::{
-    AuditEvent, Consent, ConsentStatus, DepartmentId, LookupRefusal, LookupRequest, PurposeCode,
-    RecordType, ReleasePolicy, ResidentId,
+    AuditEvent, Consent, ConsentStatus, DepartmentId, LookupRefusal, LookupRequest, Purpose,
+    PurposeCode, RecordType, ReleasePolicy, ResidentId, StatusChange,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -42,6 +44,9 @@ pub struct ReleasedCertificate {
     pub record_id: String,
     pub record_type: String,
     pub issuing_department: String,
+    /// Whose certificate: the lookup's subject, or in a bundle the citizen who granted
+    /// the consent, where the purpose needs their record.
+    pub subject: String,
     /// When the issuing department signed this version.
     pub signed_at_millis: i64,
     /// `VALID`, or as the issuing department's latest version says: `REVOKED` (吊销),
@@ -198,6 +203,7 @@ impl Store {
         let reason = match &outcome {
             Err(StoreError::Forbidden(_)) => "not_subject_or_guardian",
             Err(StoreError::Invalid(_)) => "grant_invalid",
+            Err(StoreError::Refused { code, .. }) => code,
             _ => return outcome,
         };
         let message = outcome
@@ -241,12 +247,12 @@ impl Store {
                 "a consent must expire in the future and within a year".into(),
             ));
         }
-        if !self.purpose_exists(&grant.purpose).await? {
+        let Some(purpose) = self.purpose(&grant.purpose).await? else {
             return Err(StoreError::Invalid(format!(
                 "purpose {} is not in the purpose catalogue",
                 grant.purpose
             )));
-        }
+        };
         if !self.department_exists(&grant.requester_department).await? {
             return Err(StoreError::Invalid(format!(
                 "department {} is not registered",
@@ -298,6 +304,32 @@ impl Store {
                 "field {} is not a field of the consented record types",
                 unknown.chars().take(64).collect::<String>()
             )));
+        }
+        // A consent never covers more than its purpose needs.
+        if let Some(record_type) = grant
+            .record_types
+            .iter()
+            .find(|t| purpose.fields_for(t).is_none())
+        {
+            return Err(StoreError::Refused {
+                code: "purpose_not_allowed",
+                message: format!("purpose {} does not need {record_type}", purpose.code),
+            });
+        }
+        if let Some(field) = grant.fields.iter().flatten().find(|field| {
+            !grant
+                .record_types
+                .iter()
+                .any(|t| purpose.needs_field(t, field))
+        }) {
+            return Err(StoreError::Refused {
+                code: "purpose_not_allowed",
+                message: format!(
+                    "purpose {} does not need field {}",
+                    purpose.code,
+                    field.chars().take(64).collect::<String>()
+                ),
+            });
         }
         let consent = Consent {
             consent_id: random_id("consent")?,
@@ -380,38 +412,133 @@ impl Store {
         })
     }
 
-    /// Revokes a consent at once; only its grantor or its subject may.
-    pub async fn revoke_consent(&self, citizen: &Actor, consent_id: &str) -> Result<Consent> {
+    /// Pauses, resumes or revokes a consent, effective from the very next lookup; only
+    /// its grantor or its subject may. A refused change is audited too, with the rule
+    /// that failed: `consent_not_found` (also for someone else's consent),
+    /// `consent_revoked`, `consent_paused`, `consent_not_paused`, `consent_expired`,
+    /// `consent_exhausted`.
+    pub async fn change_consent_status(
+        &self,
+        citizen: &Actor,
+        consent_id: &str,
+        change: StatusChange,
+    ) -> Result<Consent> {
+        let not_found = || StoreError::Refused {
+            code: "consent_not_found",
+            message: "no consent with that id was granted by you or for you".into(),
+        };
         let resident = citizen
             .resident_id
             .as_ref()
-            .ok_or_else(|| StoreError::Forbidden("only a citizen revokes consent".into()))?;
+            .ok_or_else(|| StoreError::Forbidden("only a citizen changes a consent".into()))?;
+        let consent_id = datarun_domain::consent::is_consent_id(consent_id)
+            .then_some(consent_id)
+            .ok_or_else(not_found)?;
+        let now = now_millis();
         let mut tx = self.begin_write().await?;
         let place = reserve(&mut tx).await?;
-        let Some(mut consent) = load_consent(&mut tx, consent_id).await? else {
-            return Err(StoreError::NotFound("consent".into()));
+        let consent = load_consent(&mut tx, consent_id)
+            .await?
+            .filter(|c| c.granted_by == resident.as_str() || c.subject == resident.as_str());
+        let decided = match &consent {
+            None => Err(not_found()),
+            Some(consent) => {
+                change
+                    .apply(consent.status_at(now))
+                    .map_err(|code| StoreError::Refused {
+                        code,
+                        message: format!(
+                            "the consent cannot be {} now: {code}",
+                            change.event_kind().trim_start_matches("consent_")
+                        ),
+                    })
+            }
         };
-        if consent.granted_by != resident.as_str() && consent.subject != resident.as_str() {
-            return Err(StoreError::NotFound("consent".into()));
+        let mut event = NewAuditEvent {
+            kind: change.event_kind().into(),
+            actor: citizen.actor_id.clone(),
+            department: consent.as_ref().map(|c| c.requester_department.to_string()),
+            subject_ref: consent.as_ref().map(|c| self.pseudonym(&c.subject)),
+            consent_id: Some(consent_id.to_owned()),
+            purpose: consent.as_ref().map(|c| c.purpose.to_string()),
+            outcome: "recorded".into(),
+            reason: None,
+            detail: json!({}),
+        };
+        match (decided, consent) {
+            (Ok(status), Some(mut consent)) => {
+                on_tx!(&mut tx, |conn| {
+                    sqlx::query(
+                        "UPDATE consents SET status = $1, revoked_at = CASE WHEN $1 = 'revoked' THEN $2 ELSE revoked_at END
+                         WHERE consent_id = $3",
+                    )
+                    .bind(status.as_str())
+                    .bind(now)
+                    .bind(consent_id)
+                    .execute(&mut *conn)
+                    .await?;
+                });
+                event.detail = json!({ "status": status });
+                append(&mut tx, place, event).await?;
+                tx.commit().await?;
+                consent.status = status;
+                Ok(consent)
+            }
+            (decided, _) => {
+                let error = decided.err().unwrap_or_else(not_found);
+                if let StoreError::Refused { code, .. } = &error {
+                    event.outcome = "refused".into();
+                    event.reason = Some((*code).into());
+                    append(&mut tx, place, event).await?;
+                    tx.commit().await?;
+                }
+                Err(error)
+            }
         }
-        on_tx!(&mut tx, |conn| {
-            sqlx::query(
-                "UPDATE consents SET status = 'revoked', revoked_at = $1 WHERE consent_id = $2",
-            )
-            .bind(now_millis())
-            .bind(consent_id)
-            .execute(&mut *conn)
-            .await?;
+    }
+
+    /// A consent as its grantor, its subject or its requester department sees it, with
+    /// its history (every change and every use, oldest first); none for anyone else.
+    pub async fn consent_with_history(
+        &self,
+        viewer: &Actor,
+        consent_id: &str,
+    ) -> Result<Option<(Consent, Vec<AuditEvent>)>> {
+        if !datarun_domain::consent::is_consent_id(consent_id) {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1");
+        let consent = on_pool!(self, |pool| {
+            let row = sqlx::query(&sql)
+                .bind(consent_id)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(consent_from_row).transpose()?
         });
-        append(
-            &mut tx,
-            place,
-            self.consent_event("consent_revoked", citizen, &consent, json!({})),
-        )
-        .await?;
-        tx.commit().await?;
-        consent.status = ConsentStatus::Revoked;
-        Ok(consent)
+        let Some(consent) = consent else {
+            return Ok(None);
+        };
+        let allowed = match (&viewer.resident_id, &viewer.department) {
+            (Some(resident), _) => {
+                consent.granted_by == resident.as_str() || consent.subject == resident.as_str()
+            }
+            (None, Some(department)) => {
+                viewer.role == datarun_domain::Role::Caseworker
+                    && &consent.requester_department == department
+            }
+            _ => false,
+        };
+        if !allowed {
+            return Ok(None);
+        }
+        let history = self
+            .audit_events(&crate::AuditFilter {
+                consent_id: Some(consent_id.to_owned()),
+                limit: 1_000,
+                ..crate::AuditFilter::default()
+            })
+            .await?;
+        Ok(Some((consent, history)))
     }
 
     /// A caseworker's lookup of `subject`'s certificates of `record_type` under
@@ -419,13 +546,7 @@ impl Store {
     /// `LOOKUPS_PER_TRANSACTION`) in one transaction, in order: each is decided, counted
     /// and audited as if alone, and they commit together, so a one-use consent still
     /// serves exactly one of them and the chain head is written once per transaction.
-    pub async fn lookup(
-        &self,
-        caseworker: &Actor,
-        consent_id: &str,
-        subject: &str,
-        record_type: &RecordType,
-    ) -> Result<LookupOutcome> {
+    pub async fn lookup(&self, caseworker: &Actor, ask: LookupAsk) -> Result<LookupOutcome> {
         if caseworker.department.is_none() {
             return Err(StoreError::Forbidden(
                 "only a caseworker of a department looks up".into(),
@@ -433,10 +554,35 @@ impl Store {
         }
         // Checked before the group-committed batch: a malformed id (a NUL byte, say)
         // that reached PostgreSQL would fail the whole batch of other callers' lookups.
-        if !datarun_domain::consent::is_consent_id(consent_id) {
+        if !datarun_domain::consent::is_consent_id(&ask.consent_id) {
             return Err(StoreError::Invalid(
                 "consent_id: consent_ followed by 32 lowercase hex digits".into(),
             ));
+        }
+        let mut seen = HashSet::new();
+        if ask.record_types.is_empty()
+            || ask.record_types.len() > RECORD_TYPES_MAX
+            || !ask.record_types.iter().all(|t| seen.insert(t))
+        {
+            return Err(StoreError::Invalid(format!(
+                "record_types: 1 to {RECORD_TYPES_MAX} different record types"
+            )));
+        }
+        if ask.subject.len() > SUBJECT_MAX_LEN || ask.subject.contains('\0') {
+            return Err(StoreError::Invalid("subject: an identifier".into()));
+        }
+        if ask.fields.as_ref().is_some_and(|fields| {
+            fields.is_empty()
+                || fields.len() > FIELDS_MAX
+                || fields.iter().any(|f| {
+                    f.is_empty()
+                        || f.len() > 64
+                        || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+        }) {
+            return Err(StoreError::Invalid(format!(
+                "fields: 1 to {FIELDS_MAX} field names (letters, digits, _)"
+            )));
         }
         let queue = self.lookup_queue.get_or_init(|| {
             let (sender, receiver) = tokio::sync::mpsc::channel(1024);
@@ -446,9 +592,11 @@ impl Store {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = LookupJob {
             caseworker: caseworker.clone(),
-            consent_id: consent_id.to_owned(),
-            subject: subject.to_owned(),
-            record_type: record_type.clone(),
+            consent_id: ask.consent_id,
+            subject: ask.subject,
+            record_types: ask.record_types,
+            purpose: ask.purpose,
+            fields: ask.fields,
             reply,
         };
         let stopped = || StoreError::System("the lookup worker stopped".into());
@@ -471,7 +619,7 @@ impl Store {
             match self.lookup_batch(&jobs).await {
                 Ok(outcomes) => {
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(outcome));
+                        let _ = job.reply.send(outcome);
                     }
                 }
                 Err(error) => {
@@ -484,27 +632,62 @@ impl Store {
         }
     }
 
-    async fn lookup_batch(&self, jobs: &[LookupJob]) -> Result<Vec<LookupOutcome>> {
+    /// Runs a batch in one transaction, each lookup inside its own savepoint: one that
+    /// fails (a database error on its rows, say) is rolled back alone and audited as
+    /// `failed`, and the others of the batch commit as if it had never been there.
+    async fn lookup_batch(
+        &self,
+        jobs: &[LookupJob],
+    ) -> Result<Vec<std::result::Result<LookupOutcome, String>>> {
         let mut tx = self.begin_write().await?;
         let (mut seq, mut hash) = lock_head(&mut tx).await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         // Release policies are read once per batch: the registry cannot change under
         // the transaction's view of it.
         let mut policies = Policies::new();
+        let mut purposes = Purposes::new();
         for job in jobs {
-            let (outcome, event) = self
-                .lookup_in(&mut tx, job, seq + 1, &hash, &mut policies)
-                .await?;
-            seq = event.seq;
-            hash = event.hash;
-            outcomes.push(outcome);
+            tx.savepoint().await?;
+            match self
+                .lookup_in(&mut tx, job, seq + 1, &hash, &mut policies, &mut purposes)
+                .await
+            {
+                Ok((outcome, event)) => {
+                    tx.release_savepoint().await?;
+                    seq = event.seq;
+                    hash = event.hash;
+                    outcomes.push(Ok(outcome));
+                }
+                Err(error) => {
+                    tx.rollback_to_savepoint().await?;
+                    tracing::error!(%error, actor = %job.caseworker.actor_id, "one lookup failed; the rest of its batch goes on");
+                    let event = NewAuditEvent {
+                        kind: "lookup".into(),
+                        actor: job.caseworker.actor_id.clone(),
+                        department: job.caseworker.department.as_ref().map(|d| d.to_string()),
+                        subject_ref: Some(self.pseudonym(&job.subject)),
+                        consent_id: Some(job.consent_id.clone()),
+                        purpose: None,
+                        outcome: "failed".into(),
+                        reason: Some("internal_error".into()),
+                        detail: json!({ "record_types": job.record_types }),
+                    };
+                    let audited = insert_event(&mut tx, seq + 1, &hash, event).await?;
+                    seq = audited.seq;
+                    hash = audited.hash;
+                    outcomes.push(Err(error.to_string()));
+                }
+            }
         }
         set_head(&mut tx, seq, &hash).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
 
-    /// One lookup inside the batch's transaction, audited as event `seq` after `prev_hash`.
+    /// One lookup inside the batch's transaction, audited from event `seq` after
+    /// `prev_hash`: one event per record type asked for (a bundle of several record
+    /// types is several events, each about the person whose record it is), or one
+    /// refusal. The consent's use is counted once per request.
     async fn lookup_in(
         &self,
         tx: &mut WriteTransaction,
@@ -512,12 +695,15 @@ impl Store {
         seq: i64,
         prev_hash: &str,
         policies: &mut Policies,
+        purposes: &mut Purposes,
     ) -> Result<(LookupOutcome, AuditEvent)> {
         let LookupJob {
             caseworker,
             consent_id,
             subject,
-            record_type,
+            record_types,
+            purpose: asked_purpose,
+            fields: asked_fields,
             ..
         } = job;
         let (consent_id, subject) = (consent_id.as_str(), subject.as_str());
@@ -526,17 +712,37 @@ impl Store {
         })?;
         let now = now_millis();
         let consent = load_consent(tx, consent_id).await?;
-        let request = LookupRequest {
-            caseworker: &caseworker.actor_id,
-            department,
-            subject,
-            record_type,
-            now_millis: now,
+        let purpose = match &consent {
+            Some(consent) => match purposes.get(&consent.purpose) {
+                Some(purpose) => purpose.clone(),
+                None => {
+                    let purpose = purpose_in(tx, &consent.purpose).await?.map(Arc::new);
+                    purposes.insert(consent.purpose.clone(), purpose.clone());
+                    purpose
+                }
+            },
+            None => None,
         };
-        let decision = match &consent {
-            None => Err(LookupRefusal::ConsentNotFound),
-            Some(consent) => consent.check_lookup(&request),
-        };
+        // Every record type of the request must pass; the first that fails refuses it.
+        let mut decision = Ok(());
+        for record_type in record_types {
+            let request = LookupRequest {
+                caseworker: &caseworker.actor_id,
+                department,
+                subject,
+                record_type,
+                purpose: asked_purpose,
+                fields: asked_fields.as_deref(),
+                now_millis: now,
+            };
+            decision = match &consent {
+                None => Err(LookupRefusal::ConsentNotFound),
+                Some(consent) => consent.check_lookup(&request, purpose.as_deref()),
+            };
+            if decision.is_err() {
+                break;
+            }
+        }
         let decision = match decision {
             Ok(()) => {
                 // The guard repeats the count check inside the write: the second of two
@@ -554,7 +760,7 @@ impl Store {
                     Ok(())
                 } else {
                     let max_uses = consent.as_ref().map(|c| c.max_uses).unwrap_or(1);
-                    Err(LookupRefusal::UsedUp {
+                    Err(LookupRefusal::Exhausted {
                         uses: max_uses,
                         max_uses,
                     })
@@ -562,77 +768,81 @@ impl Store {
             }
             Err(refusal) => Err(refusal),
         };
-        let purpose = consent
+        let audit_purpose = consent
             .as_ref()
             .filter(|c| &c.requester_department == department)
             .map(|c| c.purpose.to_string());
-        let mut event = NewAuditEvent {
+        let event = |subject: &str, detail: serde_json::Value| NewAuditEvent {
             kind: "lookup".into(),
             actor: caseworker.actor_id.clone(),
             department: Some(department.to_string()),
             subject_ref: Some(self.pseudonym(subject)),
             consent_id: Some(consent_id.to_owned()),
-            purpose,
+            purpose: audit_purpose.clone(),
             outcome: "allowed".into(),
             reason: None,
-            detail: json!({ "record_type": record_type }),
+            detail,
         };
-        let outcome = match (decision, consent) {
-            (Ok(()), Some(mut consent)) => {
-                let current = on_tx!(tx, |conn| {
-                    let rows = sqlx::query(
-                        "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at,
-                             c.status, c.superseded_by, r.fields
-                         FROM certificates c JOIN records r ON r.record_id = c.current_record_id
-                         WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.signed_at",
-                    )
-                    .bind(subject)
-                    .bind(record_type.as_str())
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    rows.iter()
-                        .map(|row| {
-                            Ok(ReleasedCertificate {
-                                certificate_id: text(row, "certificate_id")?,
-                                record_id: text(row, "current_record_id")?,
-                                record_type: text(row, "record_type")?,
-                                issuing_department: text(row, "department_id")?,
-                                signed_at_millis: integer(row, "signed_at")?,
-                                status: text(row, "status")?,
-                                superseded_by: optional_text(row, "superseded_by")?,
-                                fields: row.fields("fields")?,
-                            })
+        let outcome = match (decision, consent, purpose) {
+            (Ok(()), Some(mut consent), Some(purpose)) => {
+                let mut released = Vec::new();
+                let (mut next_seq, mut prev) = (seq, prev_hash.to_owned());
+                let mut last = None;
+                for record_type in record_types {
+                    // A bundle's record types are each about the subject or, where the
+                    // purpose says so, about the citizen who granted the consent (a
+                    // parent's household register for a child's school enrolment).
+                    let whose = match purpose.whose(record_type) {
+                        Whose::Subject => subject,
+                        Whose::Grantor => consent.granted_by.as_str(),
+                    };
+                    let current = current_certificates(tx, whose, record_type).await?;
+                    let policy = self
+                        .release_policy(tx, &consent, record_type, policies)
+                        .await?;
+                    let certificates: Vec<ReleasedCertificate> = current
+                        .into_iter()
+                        .map(|certificate| ReleasedCertificate {
+                            fields: consent.release_fields(
+                                certificate.fields,
+                                &policy,
+                                &purpose,
+                                record_type,
+                                asked_fields.as_deref(),
+                            ),
+                            ..certificate
                         })
-                        .collect::<Result<Vec<_>>>()?
-                });
-                let policy = self
-                    .release_policy(tx, &consent, record_type, policies)
-                    .await?;
-                let certificates: Vec<ReleasedCertificate> = current
-                    .into_iter()
-                    .map(|certificate| ReleasedCertificate {
-                        fields: consent.release_fields(certificate.fields, &policy),
-                        ..certificate
-                    })
-                    .collect();
-                event.detail = json!({
-                    "record_type": record_type,
-                    "certificate_ids": certificates.iter().map(|c| &c.certificate_id).collect::<Vec<_>>(),
-                });
-                let audited = insert_event(tx, seq, prev_hash, event).await?;
+                        .collect();
+                    let mut detail = json!({
+                        "record_type": record_type,
+                        "certificate_ids": certificates.iter().map(|c| &c.certificate_id).collect::<Vec<_>>(),
+                    });
+                    if record_types.len() > 1 {
+                        detail["bundle"] = json!(record_types);
+                    }
+                    let audited = insert_event(tx, next_seq, &prev, event(whose, detail)).await?;
+                    next_seq = audited.seq + 1;
+                    prev = audited.hash.clone();
+                    last = Some(audited);
+                    released.extend(certificates);
+                }
+                let audited = last.ok_or_else(|| {
+                    StoreError::Invalid("a lookup names at least one record type".into())
+                })?;
                 consent.uses += 1;
                 let outcome = LookupOutcome::Allowed {
                     consent: Box::new(consent),
-                    certificates,
+                    certificates: released,
                     audit_seq: audited.seq,
                 };
                 (outcome, audited)
             }
-            (decision, _) => {
+            (decision, _, _) => {
                 let refusal = decision.err().unwrap_or(LookupRefusal::ConsentNotFound);
-                event.outcome = "refused".into();
-                event.reason = Some(refusal.code().into());
-                let audited = insert_event(tx, seq, prev_hash, event).await?;
+                let mut refused = event(subject, json!({ "record_types": record_types }));
+                refused.outcome = "refused".into();
+                refused.reason = Some(refusal.code().into());
+                let audited = insert_event(tx, seq, prev_hash, refused).await?;
                 let outcome = LookupOutcome::Refused {
                     refusal,
                     audit_seq: audited.seq,
@@ -644,6 +854,65 @@ impl Store {
     }
 }
 
+/// The current version of each of `subject`'s certificates of `record_type`.
+async fn current_certificates(
+    tx: &mut WriteTransaction,
+    subject: &str,
+    record_type: &RecordType,
+) -> Result<Vec<ReleasedCertificate>> {
+    on_tx!(tx, |conn| {
+        let rows = sqlx::query(
+            "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at,
+                 c.status, c.superseded_by, c.subject_id, r.fields
+             FROM certificates c JOIN records r ON r.record_id = c.current_record_id
+             WHERE c.subject_id = $1 AND c.record_type = $2 ORDER BY c.signed_at",
+        )
+        .bind(subject)
+        .bind(record_type.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReleasedCertificate {
+                    certificate_id: text(row, "certificate_id")?,
+                    record_id: text(row, "current_record_id")?,
+                    record_type: text(row, "record_type")?,
+                    issuing_department: text(row, "department_id")?,
+                    subject: text(row, "subject_id")?,
+                    signed_at_millis: integer(row, "signed_at")?,
+                    status: text(row, "status")?,
+                    superseded_by: optional_text(row, "superseded_by")?,
+                    fields: row.fields("fields")?,
+                })
+            })
+            .collect()
+    })
+}
+
+/// The catalogue entries a lookup batch has read.
+type Purposes = HashMap<PurposeCode, Option<Arc<Purpose>>>;
+
+/// Longest subject identifier a lookup may name.
+const SUBJECT_MAX_LEN: usize = 64;
+/// Most record types one lookup (a bundle) may name.
+const RECORD_TYPES_MAX: usize = 10;
+/// Most fields one lookup may name.
+const FIELDS_MAX: usize = 100;
+
+/// What a caseworker asks for in one lookup.
+#[derive(Debug, Clone)]
+pub struct LookupAsk {
+    pub consent_id: String,
+    /// The subject's identifier as the caseworker has it.
+    pub subject: String,
+    /// One record type, or several for a bundle (一件事一次办), all under the consent.
+    pub record_types: Vec<RecordType>,
+    /// Why: must be the consent's purpose.
+    pub purpose: PurposeCode,
+    /// Only these fields, when named.
+    pub fields: Option<Vec<String>>,
+}
+
 /// The most lookups one transaction serves.
 const LOOKUPS_PER_TRANSACTION: usize = 64;
 
@@ -653,6 +922,8 @@ pub(crate) struct LookupJob {
     caseworker: Actor,
     consent_id: String,
     subject: String,
-    record_type: RecordType,
+    record_types: Vec<RecordType>,
+    purpose: PurposeCode,
+    fields: Option<Vec<String>>,
     reply: tokio::sync::oneshot::Sender<std::result::Result<LookupOutcome, String>>,
 }

@@ -12,9 +12,11 @@
 
 mod actors;
 mod audit;
+mod auth;
 mod consents;
 pub mod department;
 mod feed;
+mod purposes;
 pub use datarun_domain::faults;
 mod records;
 mod registry;
@@ -24,8 +26,10 @@ mod settings;
 
 pub use actors::Actor;
 pub use audit::{AuditFilter, NewAuditEvent};
-pub use consents::{ConsentGrant, LookupOutcome, ReleasedCertificate};
+pub use auth::{Authentication, RevokeTarget, AUTH_POLL_EVERY, REVOCATION_REACHES_ALL_HUBS_WITHIN};
+pub use consents::{ConsentGrant, LookupAsk, LookupOutcome, ReleasedCertificate};
 pub use feed::{FeedEntry, FEED_PAGE_MAX};
+pub use purposes::HubKey;
 pub use records::{
     IngestItem, IngestOutcome, MessageSource, RejectedRecord, StoredRecord, Verdict,
 };
@@ -84,6 +88,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A rule said no; `code` is stable (`purpose_not_allowed`, `consent_revoked`, …).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("system failure: {0}")]
@@ -141,6 +148,42 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0008_change_feed.sql"),
             ),
         };
+        let tokens = match self.0 {
+            Backend::Sqlite => migration(
+                9,
+                "token expiry",
+                include_str!("../migrations/sqlite/0009_token_expiry.sql"),
+            ),
+            Backend::Postgres => migration(
+                9,
+                "token expiry",
+                include_str!("../migrations/postgres/0009_token_expiry.sql"),
+            ),
+        };
+        let purposes = match self.0 {
+            Backend::Sqlite => migration(
+                10,
+                "purpose catalogue",
+                include_str!("../migrations/sqlite/0010_purpose_catalogue.sql"),
+            ),
+            Backend::Postgres => migration(
+                10,
+                "purpose catalogue",
+                include_str!("../migrations/postgres/0010_purpose_catalogue.sql"),
+            ),
+        };
+        let hub_keys = match self.0 {
+            Backend::Sqlite => migration(
+                11,
+                "hub keys",
+                include_str!("../migrations/sqlite/0011_hub_keys.sql"),
+            ),
+            Backend::Postgres => migration(
+                11,
+                "hub keys",
+                include_str!("../migrations/postgres/0011_hub_keys.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -179,6 +222,9 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                     include_str!("../migrations/0007_certificate_status.sql"),
                 ),
                 feed,
+                tokens,
+                purposes,
+                hub_keys,
             ])
         })
     }
@@ -201,6 +247,31 @@ pub(crate) enum WriteTransaction {
 }
 
 impl WriteTransaction {
+    /// Marks a point the transaction can roll back to, leaving what came before (one
+    /// savepoint at a time: `lookup_batch` isolates each lookup of a batch with it).
+    pub(crate) async fn savepoint(&mut self) -> Result<()> {
+        self.execute_raw("SAVEPOINT datarun_step").await
+    }
+
+    pub(crate) async fn release_savepoint(&mut self) -> Result<()> {
+        self.execute_raw("RELEASE SAVEPOINT datarun_step").await
+    }
+
+    /// Undoes everything since `savepoint`; on PostgreSQL this also clears the error
+    /// that aborted the transaction, so it can go on.
+    pub(crate) async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.execute_raw("ROLLBACK TO SAVEPOINT datarun_step")
+            .await?;
+        self.execute_raw("RELEASE SAVEPOINT datarun_step").await
+    }
+
+    async fn execute_raw(&mut self, sql: &'static str) -> Result<()> {
+        on_tx!(self, |conn| {
+            sqlx::query(sql).execute(&mut *conn).await?;
+        });
+        Ok(())
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Self::Sqlite { transaction, .. } => transaction.commit().await?,
@@ -231,6 +302,8 @@ pub struct Store {
     /// Each schema version's fields and their sensitivity, read once: a version's
     /// definition never changes.
     version_fields: schemas::VersionFieldCache,
+    /// Tokens already authenticated, dropped whenever any hub revokes one (`auth`).
+    token_cache: std::sync::Arc<auth::TokenCache>,
 }
 
 /// Unix milliseconds now.
@@ -275,6 +348,7 @@ impl Store {
             sqlite_writer: std::sync::Arc::default(),
             lookup_queue: std::sync::Arc::default(),
             version_fields: schemas::VersionFieldCache::default(),
+            token_cache: std::sync::Arc::default(),
         };
         store.check_pseudonym_key().await?;
         Ok(store)

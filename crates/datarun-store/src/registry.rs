@@ -7,7 +7,7 @@ use crate::{
     WriteTransaction,
 };
 use datarun_domain::trust::KeyWindow;
-use datarun_domain::{DepartmentId, KeyId, PurposeCode, RecordType};
+use datarun_domain::{DepartmentId, KeyId, RecordType};
 
 /// A registered public key and its validity.
 #[derive(Debug, Clone)]
@@ -354,31 +354,5 @@ impl Store {
             .await?;
             row.map(|row| text(&row, "definition")).transpose()
         })
-    }
-
-    pub async fn add_purpose(&self, purpose: &PurposeCode, description: &str) -> Result<()> {
-        on_pool!(self, |pool| {
-            sqlx::query(
-            "INSERT INTO purposes (purpose_code, description, registered_at) VALUES ($1, $2, $3)
-             ON CONFLICT (purpose_code) DO UPDATE SET description = excluded.description",
-        )
-        .bind(purpose.as_str())
-        .bind(description)
-        .bind(now_millis())
-        .execute(pool)
-        .await?;
-        });
-        Ok(())
-    }
-
-    pub async fn purpose_exists(&self, purpose: &PurposeCode) -> Result<bool> {
-        let n = on_pool!(self, |pool| {
-            let row = sqlx::query("SELECT COUNT(*) AS n FROM purposes WHERE purpose_code = $1")
-                .bind(purpose.as_str())
-                .fetch_one(pool)
-                .await?;
-            integer(&row, "n")?
-        });
-        Ok(n > 0)
     }
 }

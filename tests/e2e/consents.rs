@@ -1,0 +1,756 @@
+//! Consent as the citizen controls it and tokens as the operator does, on SQLite and
+//! PostgreSQL: every lookup refusal code from a real request; pause, resume and revoke in
+//! one call each, effective on the very next lookup, refused changes audited; tokens that
+//! expire and are revoked at once on every hub of one database; one failing lookup that
+//! leaves the rest of its group-committed batch alone.
+
+use crate::harness::{Broker, Db, TestEnv, TestHub};
+use serde_json::{json, Value};
+
+const BIRTH: &str = "health.birth_certificate";
+
+/// The code of a refused request, with its status.
+fn refusal(status: u16, body: &Value) -> (u16, String) {
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("-").to_owned(),
+    )
+}
+
+struct Family {
+    child: String,
+    other_child: String,
+    mother: String,
+    caseworker: String,
+}
+
+async fn family(env: &TestEnv, hub: &TestHub) -> Family {
+    let (source, rows) = env.sample(2);
+    env.run_connector(&source).await;
+    assert_eq!(hub.wait_for_certificates(2).await, 2);
+    Family {
+        child: rows[0]["baby_id_no"].clone(),
+        other_child: rows[1]["baby_id_no"].clone(),
+        mother: env.citizen_token(&rows[0]["mother_id_no"]).await,
+        caseworker: env.caseworker_token("public_security").await,
+    }
+}
+
+fn grant(subject: &str, extra: Value) -> Value {
+    let mut grant = json!({
+        "subject": subject,
+        "requester_department": "public_security",
+        "record_types": [BIRTH],
+        "purpose": "household_registration",
+        "max_uses": 5
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        grant[key] = value.clone();
+    }
+    grant
+}
+
+fn lookup(consent: &Value, subject: &str, extra: Value) -> Value {
+    let mut lookup = json!({
+        "consent_id": consent["consent_id"],
+        "subject": subject,
+        "record_type": BIRTH,
+        "purpose": "household_registration",
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        lookup[key] = value.clone();
+    }
+    lookup
+}
+
+async fn every_refusal_code_from_a_real_request(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let f = family(&env, &hub).await;
+    let other_caseworker = env.caseworker_token("public_security").await;
+    let tax_caseworker = env.caseworker_token("tax").await;
+    let (_, me) = hub.get("/v1/whoami", &f.caseworker).await;
+    let consent = |extra: Value| {
+        let (hub, mother, child) = (&hub, &f.mother, &f.child);
+        async move {
+            let (status, consent) = hub.post("/v1/consents", mother, grant(child, extra)).await;
+            assert_eq!(status, 201, "{consent}");
+            consent
+        }
+    };
+    let plain = consent(json!({})).await;
+    let named_caseworker = consent(json!({ "caseworker": me["actor_id"] })).await;
+    let named_fields = consent(json!({ "fields": ["child_name"] })).await;
+    let one_use = consent(json!({ "max_uses": 1 })).await;
+    let (status, _) = hub
+        .post(
+            "/v1/lookups",
+            &f.caseworker,
+            lookup(&one_use, &f.child, json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = consent(json!({})).await;
+    let path = format!(
+        "/v1/consents/{}/revoke",
+        revoked["consent_id"].as_str().unwrap()
+    );
+    assert_eq!(hub.post(&path, &f.mother, json!({})).await.0, 200);
+    let paused = consent(json!({})).await;
+    let path = format!(
+        "/v1/consents/{}/pause",
+        paused["consent_id"].as_str().unwrap()
+    );
+    assert_eq!(hub.post(&path, &f.mother, json!({})).await.0, 200);
+    let expired = consent(json!({})).await;
+    env.execute_sql(&format!(
+        "UPDATE consents SET expires_at = 1 WHERE consent_id = '{}'",
+        expired["consent_id"].as_str().unwrap()
+    ))
+    .await;
+    let unknown = json!({ "consent_id": format!("consent_{}", "0".repeat(32)) });
+
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &String, Value, &str)> = vec![
+        ("unknown consent", &f.caseworker, lookup(&unknown, &f.child, json!({})), "consent_not_found"),
+        ("another department", &tax_caseworker, lookup(&plain, &f.child, json!({})), "consent_not_found"),
+        ("another caseworker", &other_caseworker, lookup(&named_caseworker, &f.child, json!({})), "wrong_requester"),
+        ("another subject", &f.caseworker, lookup(&plain, &f.other_child, json!({})), "subject_not_consented"),
+        ("another purpose", &f.caseworker, lookup(&plain, &f.child, json!({ "purpose": "school_enrolment" })), "purpose_not_allowed"),
+        ("a field the purpose does not need", &f.caseworker, lookup(&plain, &f.child, json!({ "fields": ["mother_id_number"] })), "purpose_not_allowed"),
+        ("a record type not consented", &f.caseworker, lookup(&plain, &f.child, json!({ "record_type": "education.student_status" })), "record_type_not_consented"),
+        ("a field not consented", &f.caseworker, lookup(&named_fields, &f.child, json!({ "fields": ["child_sex"] })), "field_not_consented"),
+        ("revoked", &f.caseworker, lookup(&revoked, &f.child, json!({})), "consent_revoked"),
+        ("paused", &f.caseworker, lookup(&paused, &f.child, json!({})), "consent_paused"),
+        ("expired", &f.caseworker, lookup(&expired, &f.child, json!({})), "consent_expired"),
+        ("used up", &f.caseworker, lookup(&one_use, &f.child, json!({})), "consent_exhausted"),
+    ];
+    let auditor = env.auditor_token().await;
+    for (case, token, body, expected) in cases {
+        let (status, answer) = hub.post("/v1/lookups", token, body).await;
+        assert_eq!(
+            refusal(status, &answer),
+            (403, expected.to_owned()),
+            "{case}: {answer}"
+        );
+        // Audited, with the same code.
+        let seq = answer["error"]["audit_seq"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{case}: {answer}"));
+        let (_, trail) = hub
+            .get(
+                &format!("/v1/audit/events?after_seq={}&limit=1", seq - 1),
+                &auditor,
+            )
+            .await;
+        assert_eq!(trail["events"][0]["reason"], expected, "{case}: {trail}");
+        assert!(
+            !answer.to_string().contains(&f.child),
+            "{case}: no ID number echoed"
+        );
+    }
+    // And the allowed ones, for contrast: the named caseworker, the named field.
+    let (status, body) = hub
+        .post(
+            "/v1/lookups",
+            &f.caseworker,
+            lookup(&named_caseworker, &f.child, json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = hub
+        .post(
+            "/v1/lookups",
+            &f.caseworker,
+            lookup(&named_fields, &f.child, json!({ "fields": ["child_name"] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let fields = body["certificates"][0]["fields"].as_object().unwrap();
+    assert_eq!(fields.keys().collect::<Vec<_>>(), vec!["child_name"]);
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_code_from_a_real_request_sqlite() {
+    every_refusal_code_from_a_real_request(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_code_from_a_real_request_postgres() {
+    every_refusal_code_from_a_real_request(Db::Postgres).await;
+}
+
+async fn pause_resume_revoke_take_one_call_each(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let f = family(&env, &hub).await;
+    let (status, consent) = hub
+        .post("/v1/consents", &f.mother, grant(&f.child, json!({})))
+        .await;
+    assert_eq!(status, 201, "{consent}");
+    assert_eq!(consent["status"], "ACTIVE");
+    let id = consent["consent_id"].as_str().unwrap();
+    let look = || {
+        hub.post(
+            "/v1/lookups",
+            &f.caseworker,
+            lookup(&consent, &f.child, json!({})),
+        )
+    };
+    assert_eq!(look().await.0, 200);
+
+    let (status, paused) = hub
+        .post(&format!("/v1/consents/{id}/pause"), &f.mother, json!({}))
+        .await;
+    assert_eq!(
+        (status, paused["status"].as_str()),
+        (200, Some("PAUSED")),
+        "{paused}"
+    );
+    let (status, body) = look().await;
+    assert_eq!(refusal(status, &body), (403, "consent_paused".into()));
+    // Pausing twice is refused, says why, and is audited.
+    let (status, body) = hub
+        .post(&format!("/v1/consents/{id}/pause"), &f.mother, json!({}))
+        .await;
+    assert_eq!(refusal(status, &body), (409, "consent_paused".into()));
+
+    let (status, resumed) = hub
+        .post(&format!("/v1/consents/{id}/resume"), &f.mother, json!({}))
+        .await;
+    assert_eq!(
+        (status, resumed["status"].as_str()),
+        (200, Some("ACTIVE")),
+        "{resumed}"
+    );
+    assert_eq!(look().await.0, 200);
+
+    // Someone else cannot revoke it, and learns nothing; the attempt is audited.
+    let stranger = env.citizen_token(&f.other_child).await;
+    let (status, body) = hub
+        .post(&format!("/v1/consents/{id}/revoke"), &stranger, json!({}))
+        .await;
+    assert_eq!(refusal(status, &body), (404, "consent_not_found".into()));
+
+    let (status, revoked) = hub
+        .post(&format!("/v1/consents/{id}/revoke"), &f.mother, json!({}))
+        .await;
+    assert_eq!(
+        (status, revoked["status"].as_str()),
+        (200, Some("REVOKED")),
+        "{revoked}"
+    );
+    let (status, body) = look().await;
+    assert_eq!(refusal(status, &body), (403, "consent_revoked".into()));
+    let (status, body) = hub
+        .post(&format!("/v1/consents/{id}/resume"), &f.mother, json!({}))
+        .await;
+    assert_eq!(refusal(status, &body), (409, "consent_revoked".into()));
+
+    // The consent's history, oldest first, as its grantor and the requester see it.
+    let (status, detail) = hub.get(&format!("/v1/consents/{id}"), &f.mother).await;
+    assert_eq!(status, 200, "{detail}");
+    let history: Vec<(String, String, Option<String>)> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().into(),
+                e["outcome"].as_str().unwrap().into(),
+                e["reason"].as_str().map(Into::into),
+            )
+        })
+        .collect();
+    let step = |kind: &str, outcome: &str, reason: Option<&str>| {
+        (kind.to_owned(), outcome.to_owned(), reason.map(Into::into))
+    };
+    assert_eq!(
+        history,
+        vec![
+            step("consent_granted", "recorded", None),
+            step("lookup", "allowed", None),
+            step("consent_paused", "recorded", None),
+            step("lookup", "refused", Some("consent_paused")),
+            step("consent_paused", "refused", Some("consent_paused")),
+            step("consent_resumed", "recorded", None),
+            step("lookup", "allowed", None),
+            step("consent_revoked", "refused", Some("consent_not_found")),
+            step("consent_revoked", "recorded", None),
+            step("lookup", "refused", Some("consent_revoked")),
+            step("consent_resumed", "refused", Some("consent_revoked")),
+        ]
+    );
+    assert_eq!(detail["consent"]["status"], "REVOKED");
+    let (status, _) = hub.get(&format!("/v1/consents/{id}"), &f.caseworker).await;
+    assert_eq!(
+        status, 200,
+        "the requester department sees what it was allowed"
+    );
+    let (status, body) = hub.get(&format!("/v1/consents/{id}"), &stranger).await;
+    assert_eq!(refusal(status, &body), (404, "consent_not_found".into()));
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_revoke_take_one_call_each_sqlite() {
+    pause_resume_revoke_take_one_call_each(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_revoke_take_one_call_each_postgres() {
+    pause_resume_revoke_take_one_call_each(Db::Postgres).await;
+}
+
+async fn tokens_expire_and_revoke_on_every_hub(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    // A second hub on the same database: its token cache must hear of revocations too.
+    let other_hub = env.start().await;
+    let operator = env.token(&["--role", "operator", "--name", "op"]).await;
+
+    // A short-lived token works, then expires, also when cached.
+    let short = env
+        .token(&["--role", "auditor", "--name", "a", "--ttl", "2s"])
+        .await;
+    assert_eq!(hub.get("/v1/whoami", &short).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (status, body) = hub.get("/v1/whoami", &short).await;
+    assert_eq!(refusal(status, &body), (401, "token_expired".into()));
+
+    // Revoked through one hub's operator endpoint while cached on both: refused by
+    // both as soon as the revocation answers.
+    let caseworker = env.caseworker_token("public_security").await;
+    for h in [&hub, &other_hub] {
+        assert_eq!(h.get("/v1/whoami", &caseworker).await.0, 200);
+    }
+    let (status, body) = hub
+        .post(
+            "/v1/operator/tokens/revoke",
+            &operator,
+            json!({ "token": caseworker }),
+        )
+        .await;
+    assert_eq!((status, body["revoked"].as_i64()), (200, Some(1)), "{body}");
+    for h in [&hub, &other_hub] {
+        let (status, body) = h.get("/v1/whoami", &caseworker).await;
+        assert_eq!(refusal(status, &body), (401, "unauthenticated".into()));
+    }
+    // Only an operator may.
+    let citizen = env.citizen_token("440104198503125841").await;
+    let (status, body) = hub
+        .post(
+            "/v1/operator/tokens/revoke",
+            &citizen,
+            json!({ "token": operator }),
+        )
+        .await;
+    assert_eq!(refusal(status, &body), (403, "wrong_role".into()));
+
+    // `datarun token revoke --actor` from another process's view (the CLI): all of an
+    // actor's tokens, on both hubs, by the time the command returns.
+    for h in [&hub, &other_hub] {
+        assert_eq!(h.get("/v1/whoami", &citizen).await.0, 200);
+    }
+    let (_, me) = hub.get("/v1/whoami", &citizen).await;
+    let (code, out) = env
+        .cli(&[
+            "token",
+            "revoke",
+            "--actor",
+            me["actor_id"].as_str().unwrap(),
+        ])
+        .await;
+    assert_eq!((code, out.trim()), (0, "1 token(s) revoked"));
+    for h in [&hub, &other_hub] {
+        assert_eq!(h.get("/v1/whoami", &citizen).await.0, 401);
+    }
+    let (code, _) = env
+        .cli(&[
+            "token",
+            "revoke",
+            "--actor",
+            me["actor_id"].as_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 1, "nothing left to revoke");
+
+    // Logging out ends one's own token.
+    let auditor = env.auditor_token().await;
+    let (status, _) = other_hub.post("/v1/logout", &auditor, json!({})).await;
+    assert_eq!(status, 204);
+    assert_eq!(hub.get("/v1/whoami", &auditor).await.0, 401);
+
+    // Every revocation is audited.
+    let auditor = env.auditor_token().await;
+    let (_, events) = hub
+        .get("/v1/audit/events?kind=token_revoked", &auditor)
+        .await;
+    let by: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"]["by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, vec!["token", "actor", "token"], "{events}");
+    other_hub.running.stop().await;
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_and_revoke_on_every_hub_sqlite() {
+    tokens_expire_and_revoke_on_every_hub(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_and_revoke_on_every_hub_postgres() {
+    tokens_expire_and_revoke_on_every_hub(Db::Postgres).await;
+}
+
+/// A lookup that fails inside the group-committed batch (here: a consent row that no
+/// longer reads) is rolled back alone and audited as failed; the other lookups queued
+/// with it are answered and audited as if it had not been there.
+async fn one_failing_lookup_leaves_its_batch_alone(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let f = family(&env, &hub).await;
+    let mut consents = Vec::new();
+    for _ in 0..12 {
+        let (status, consent) = hub
+            .post(
+                "/v1/consents",
+                &f.mother,
+                grant(&f.child, json!({ "max_uses": 1 })),
+            )
+            .await;
+        assert_eq!(status, 201);
+        consents.push(consent);
+    }
+    let broken = consents.pop().unwrap();
+    env.execute_sql(&format!(
+        "UPDATE consents SET record_types = 'not a record type' WHERE consent_id = '{}'",
+        broken["consent_id"].as_str().unwrap()
+    ))
+    .await;
+    consents.insert(5, broken.clone());
+    let requests: Vec<_> = consents
+        .iter()
+        .map(|consent| {
+            let (http, url, token, body) = (
+                hub.http.clone(),
+                format!("{}/v1/lookups", hub.base),
+                f.caseworker.clone(),
+                lookup(consent, &f.child, json!({})),
+            );
+            tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    assert_eq!(statuses[5], 500, "{statuses:?}");
+    statuses.remove(5);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let auditor = env.auditor_token().await;
+    let (_, trail) = hub.get("/v1/audit/events?kind=lookup", &auditor).await;
+    let outcomes: Vec<&str> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "allowed").count(),
+        11,
+        "{trail}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "failed").count(),
+        1,
+        "{trail}"
+    );
+    let (_, verified) = hub.get("/v1/audit/verify", &auditor).await;
+    assert_eq!(verified["intact"], true, "{verified}");
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_lookup_leaves_its_batch_alone_sqlite() {
+    one_failing_lookup_leaves_its_batch_alone(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_lookup_leaves_its_batch_alone_postgres() {
+    one_failing_lookup_leaves_its_batch_alone(Db::Postgres).await;
+}
+
+/// A lookup response and a consent artefact are signed by the hub: `datarun
+/// verify-response` accepts them as received and refuses them with one field changed,
+/// and so does OpenSSL with the recipe in docs/signed-responses.md.
+async fn responses_are_signed_by_the_hub(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let f = family(&env, &hub).await;
+    let (status, consent) = hub
+        .post("/v1/consents", &f.mother, grant(&f.child, json!({})))
+        .await;
+    assert_eq!(status, 201, "{consent}");
+    let (status, response) = hub
+        .post(
+            "/v1/lookups",
+            &f.caseworker,
+            lookup(&consent, &f.child, json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["hub_signature"]["algorithm"], "Ed25519");
+    let (status, keys) = hub.get("/v1/hub/keys", "").await;
+    assert_eq!(status, 200, "{keys}");
+    let keys_file = env.dir.join("hub-keys.json");
+    std::fs::write(&keys_file, keys.to_string()).unwrap();
+    let verify = |document: &Value, name: &str| {
+        let file = env.dir.join(name);
+        std::fs::write(&file, serde_json::to_string_pretty(document).unwrap()).unwrap();
+        let (env, keys_file) = (&env, keys_file.clone());
+        async move {
+            env.cli(&[
+                "verify-response",
+                file.to_str().unwrap(),
+                "--keys",
+                keys_file.to_str().unwrap(),
+            ])
+            .await
+        }
+    };
+    let (code, out) = verify(&response, "response.json").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(response["hub_signature"]["key_id"].as_str().unwrap()),
+        "{out}"
+    );
+    let (code, _) = verify(&consent, "consent.json").await;
+    assert_eq!(code, 0, "the consent artefact is signed too");
+    let mut changed = response.clone();
+    changed["certificates"][0]["fields"]["child_name"] = json!("someone else");
+    let (code, out) = verify(&changed, "changed.json").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("NOT VALID"), "{out}");
+
+    // The documented recipe with standard tools: jq for the canonical form, OpenSSL
+    // for the Ed25519 check.
+    let recipe = format!(
+        r#"set -e
+cd {dir}
+jq -cjS 'del(.hub_signature)' response.json > signed.bin
+jq -rj '.hub_signature.value' response.json | xxd -r -p > signature.bin
+jq -rj --arg id "$(jq -r .hub_signature.key_id response.json)" '.keys[] | select(.key_id == $id) | .public_key' hub-keys.json \
+  | sed 's/^/302a300506032b6570032100/' | xxd -r -p > hub.der
+openssl pkey -pubin -inform DER -in hub.der -out hub.pem
+openssl pkeyutl -verify -pubin -inkey hub.pem -rawin -in signed.bin -sigfile signature.bin"#,
+        dir = env.dir.display()
+    );
+    let run = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && said.contains("Signature Verified Successfully"),
+        "{said} {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_signed_by_the_hub_sqlite() {
+    responses_are_signed_by_the_hub(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_signed_by_the_hub_postgres() {
+    responses_are_signed_by_the_hub(Db::Postgres).await;
+}
+
+/// 一件事一次办: one school-enrolment request under one consent, granted by a parent,
+/// returns the child's birth certificate and student status and the parent's household
+/// register and residence permit, signed as one response and audited as four accesses,
+/// each in the access log of the person it is about.
+async fn a_bundle_returns_the_school_enrolment_records(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let population = datarun_connector::population::generate(600, 23);
+    population.write(&env.dir).unwrap();
+    let file = |record_type: &str| {
+        population
+            .files
+            .iter()
+            .find(|f| f.record_type == record_type)
+            .unwrap()
+    };
+    let bundle = [
+        BIRTH,
+        "education.student_status",
+        "public_security.household_register",
+        "public_security.residence_permit",
+    ];
+    let mut total = 0;
+    for record_type in bundle {
+        let source = file(record_type);
+        let folder = crate::harness::repo_root()
+            .join("connectors")
+            .join(record_type);
+        let (code, out) = env
+            .cli(&[
+                "connector",
+                "run",
+                folder.to_str().unwrap(),
+                "--source",
+                env.dir.join(source.path).to_str().unwrap(),
+                "--state-dir",
+                env.dir.join("state").to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(code, 0, "{out}");
+        total += source.rows.len();
+    }
+    assert_eq!(hub.wait_for_certificates(total as i64).await, total as i64);
+    // A pupil whose mother lives away from her household registration.
+    let has = |record_type: &str, column: &str, id: &str| {
+        file(record_type)
+            .rows
+            .iter()
+            .filter(|r| r[column] == id)
+            .count()
+    };
+    let (child, mother) = file(BIRTH)
+        .rows
+        .iter()
+        .map(|r| (r["baby_id_no"].clone(), r["mother_id_no"].clone()))
+        .find(|(child, mother)| {
+            has("education.student_status", "sfzh", child) == 1
+                && has("public_security.household_register", "GMSFHM", mother) == 1
+                && has("public_security.residence_permit", "GMSFHM", mother) == 1
+        })
+        .expect("the sample population has such a family");
+    let mother_token = env.citizen_token(&mother).await;
+    let (status, consent) = hub
+        .post(
+            "/v1/consents",
+            &mother_token,
+            json!({
+                "subject": child,
+                "requester_department": "education",
+                "record_types": bundle,
+                "purpose": "school_enrolment",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{consent}");
+    let caseworker = env.caseworker_token("education").await;
+    let ask = json!({
+        "consent_id": consent["consent_id"],
+        "subject": child,
+        "record_types": bundle,
+        "purpose": "school_enrolment",
+    });
+    let (status, response) = hub.post("/v1/lookups", &caseworker, ask.clone()).await;
+    assert_eq!(status, 200, "{response}");
+    let certificates = response["certificates"].as_array().unwrap();
+    let whose: Vec<(&str, &str)> = certificates
+        .iter()
+        .map(|c| {
+            (
+                c["record_type"].as_str().unwrap(),
+                c["subject"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        whose,
+        vec![
+            (bundle[0], child.as_str()),
+            (bundle[1], child.as_str()),
+            (bundle[2], mother.as_str()),
+            (bundle[3], mother.as_str()),
+        ],
+        "{response}"
+    );
+    // Each record holds only what school enrolment needs.
+    assert!(certificates[0]["fields"].get("mother_id_number").is_none());
+    assert!(certificates[0]["fields"]["child_name"].is_string());
+    assert!(certificates[3]["fields"]["residence_address"].is_string());
+    // Signed as one document.
+    let (_, keys) = hub.get("/v1/hub/keys", "").await;
+    let keys: Vec<(String, [u8; 32])> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let key: [u8; 32] = hex::decode(k["public_key"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            (datarun_domain::signed::hub_key_id(&key), key)
+        })
+        .collect();
+    datarun_domain::signed::verify_document(&response, &keys).unwrap();
+    // Audited as four accesses: the child's two in the child's log, the mother's two
+    // in hers. One use of the consent.
+    let auditor = env.auditor_token().await;
+    for (person, expected) in [
+        (&child, [bundle[0], bundle[1]]),
+        (&mother, [bundle[2], bundle[3]]),
+    ] {
+        let (_, trail) = hub
+            .get(
+                &format!("/v1/audit/events?kind=lookup&subject={person}"),
+                &auditor,
+            )
+            .await;
+        let record_types: Vec<&str> = trail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["outcome"], "allowed", "{e}");
+                e["detail"]["record_type"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(record_types, expected, "{trail}");
+    }
+    let (_, own_log) = hub.get("/v1/me/access-log", &mother_token).await;
+    let about: Vec<&str> = own_log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "lookup")
+        .map(|e| e["about"].as_str().unwrap())
+        .collect();
+    assert_eq!(about, vec!["self", "self", "child", "child"], "{own_log}");
+    let (status, body) = hub.post("/v1/lookups", &caseworker, ask).await;
+    assert_eq!(refusal(status, &body), (403, "consent_exhausted".into()));
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_returns_the_school_enrolment_records_sqlite() {
+    a_bundle_returns_the_school_enrolment_records(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_returns_the_school_enrolment_records_postgres() {
+    a_bundle_returns_the_school_enrolment_records(Db::Postgres).await;
+}
