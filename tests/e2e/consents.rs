@@ -754,3 +754,199 @@ async fn a_bundle_returns_the_school_enrolment_records_sqlite() {
 async fn a_bundle_returns_the_school_enrolment_records_postgres() {
     a_bundle_returns_the_school_enrolment_records(Db::Postgres).await;
 }
+
+/// 授权代理、亲友代办: an elderly citizen registers a relative as delegate; the relative
+/// grants within the delegation's scope and is refused outside it or once it is revoked,
+/// every refusal audited in the principal's log. A minor's guardian named only by the
+/// household register (no birth certificate stored) is recognised; an adult stranger is not.
+async fn delegates_grant_within_scope(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let population = datarun_connector::population::generate(120, 5);
+    population.write(&env.dir).unwrap();
+    let households = population
+        .files
+        .iter()
+        .find(|f| f.record_type == "public_security.household_register")
+        .unwrap();
+    let folder = crate::harness::repo_root()
+        .join("connectors")
+        .join("public_security.household_register");
+    let (code, out) = env
+        .cli(&[
+            "connector",
+            "run",
+            folder.to_str().unwrap(),
+            "--source",
+            env.dir.join(households.path).to_str().unwrap(),
+            "--state-dir",
+            env.dir.join("state").to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let total = households.rows.len() as i64;
+    assert_eq!(hub.wait_for_certificates(total).await, total);
+
+    let elder = "440104194005060012";
+    let relative = "440104197001010011";
+    let stranger = "440106199001012449";
+    let elder_token = env.citizen_token(elder).await;
+    let relative_token = env.citizen_token(relative).await;
+    let stranger_token = env.citizen_token(stranger).await;
+    let (status, delegation) = hub
+        .post(
+            "/v1/delegations",
+            &elder_token,
+            json!({
+                "delegate": relative,
+                "relation": "relative",
+                "record_types": ["public_security.resident_id_card"],
+                "purposes": ["medical_insurance_enrolment"],
+                "expires_in_days": 30,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{delegation}");
+    let grant = |record_type: &str, purpose: &str| {
+        json!({
+            "subject": elder,
+            "requester_department": "human_resources",
+            "record_types": [record_type],
+            "purpose": purpose,
+        })
+    };
+    let id_card = "public_security.resident_id_card";
+    // Within scope: accepted, and the consent says who granted it and under what.
+    let (status, consent) = hub
+        .post(
+            "/v1/consents",
+            &relative_token,
+            grant(id_card, "medical_insurance_enrolment"),
+        )
+        .await;
+    assert_eq!(status, 201, "{consent}");
+    assert_eq!(consent["subject"], elder);
+    assert_eq!(consent["granted_by"], relative);
+    assert_eq!(consent["delegation_id"], delegation["delegation_id"]);
+    assert_eq!(consent["granted_by_guardian"], false);
+    // Outside it: another purpose, another record type.
+    for (record_type, purpose) in [
+        (id_card, "social_insurance_enrolment"),
+        (
+            "public_security.household_register",
+            "medical_insurance_enrolment",
+        ),
+    ] {
+        let (status, body) = hub
+            .post("/v1/consents", &relative_token, grant(record_type, purpose))
+            .await;
+        assert_eq!(
+            refusal(status, &body),
+            (403, "delegate_out_of_scope".into()),
+            "{record_type} {purpose}"
+        );
+    }
+    // No delegation at all.
+    let (status, _) = hub
+        .post(
+            "/v1/consents",
+            &stranger_token,
+            grant(id_card, "medical_insurance_enrolment"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // The principal revokes it: the next grant is refused.
+    let id = delegation["delegation_id"].as_str().unwrap();
+    let (status, revoked) = hub
+        .post(
+            &format!("/v1/delegations/{id}/revoke"),
+            &elder_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let (status, body) = hub
+        .post(
+            "/v1/consents",
+            &relative_token,
+            grant(id_card, "medical_insurance_enrolment"),
+        )
+        .await;
+    assert_eq!(refusal(status, &body), (403, "delegation_revoked".into()));
+    let (status, body) = hub
+        .post(
+            &format!("/v1/delegations/{id}/revoke"),
+            &stranger_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(refusal(status, &body), (404, "delegation_not_found".into()));
+    // The elder's access log shows it all, refused grants included.
+    let (_, log) = hub.get("/v1/me/access-log", &elder_token).await;
+    let seen: Vec<(String, String, Option<String>)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().into(),
+                e["outcome"].as_str().unwrap().into(),
+                e["reason"].as_str().map(Into::into),
+            )
+        })
+        .collect();
+    let step = |kind: &str, outcome: &str, reason: Option<&str>| {
+        (kind.to_owned(), outcome.to_owned(), reason.map(Into::into))
+    };
+    assert_eq!(
+        seen,
+        vec![
+            step("delegation_registered", "recorded", None),
+            step("consent_granted", "recorded", None),
+            step("consent_granted", "refused", Some("delegate_out_of_scope")),
+            step("consent_granted", "refused", Some("delegate_out_of_scope")),
+            step(
+                "consent_granted",
+                "refused",
+                Some("not_subject_or_guardian")
+            ),
+            step("delegation_revoked", "recorded", None),
+            step("consent_granted", "refused", Some("delegation_revoked")),
+        ],
+        "{log}"
+    );
+
+    // A minor's guardian from the household register alone.
+    let row = households
+        .rows
+        .iter()
+        .find(|r| !r["JHRSFHM"].is_empty())
+        .expect("a minor in the sample households");
+    let (minor, guardian) = (row["GMSFHM"].clone(), row["JHRSFHM"].clone());
+    let guardian_token = env.citizen_token(&guardian).await;
+    let minor_grant = json!({
+        "subject": minor,
+        "requester_department": "education",
+        "record_types": ["public_security.household_register"],
+        "purpose": "school_enrolment",
+    });
+    let (status, body) = hub
+        .post("/v1/consents", &guardian_token, minor_grant.clone())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["granted_by_guardian"], true);
+    let (status, _) = hub.post("/v1/consents", &stranger_token, minor_grant).await;
+    assert_eq!(status, 403);
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegates_grant_within_scope_sqlite() {
+    delegates_grant_within_scope(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegates_grant_within_scope_postgres() {
+    delegates_grant_within_scope(Db::Postgres).await;
+}

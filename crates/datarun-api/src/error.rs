@@ -45,9 +45,13 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(message) => Self::forbidden("forbidden", message),
             StoreError::Refused { code, message } => {
                 let status = match code {
-                    "consent_not_found" => StatusCode::NOT_FOUND,
-                    "consent_revoked" | "consent_paused" | "consent_not_paused"
-                    | "consent_expired" | "consent_exhausted" => StatusCode::CONFLICT,
+                    "consent_not_found" | "delegation_not_found" => StatusCode::NOT_FOUND,
+                    "consent_revoked"
+                    | "consent_paused"
+                    | "consent_not_paused"
+                    | "consent_expired"
+                    | "consent_exhausted"
+                    | "delegation_already_revoked" => StatusCode::CONFLICT,
                     _ => StatusCode::FORBIDDEN,
                 };
                 Self::new(status, code, message)

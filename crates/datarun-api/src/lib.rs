@@ -56,6 +56,14 @@ pub fn router(state: ApiState) -> Router {
             post(routes::resume_consent),
         )
         .route("/v1/purposes", get(routes::purposes))
+        .route(
+            "/v1/delegations",
+            post(routes::register_delegation).get(routes::list_delegations),
+        )
+        .route(
+            "/v1/delegations/{delegation_id}/revoke",
+            post(routes::revoke_delegation),
+        )
         .route("/v1/lookups", post(routes::lookup))
         .route("/v1/feed", get(routes::feed))
         .route("/v1/audit/events", get(routes::audit_events))

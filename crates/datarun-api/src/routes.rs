@@ -11,7 +11,8 @@ use datarun_domain::{
     AuditEvent, Consent, DepartmentId, PurposeCode, RecordType, ResidentId, Role, StatusChange,
 };
 use datarun_store::{
-    Actor, AuditFilter, Authentication, ConsentGrant, LookupAsk, LookupOutcome, RevokeTarget,
+    Actor, AuditFilter, Authentication, ConsentGrant, DelegationGrant, LookupAsk, LookupOutcome,
+    RevokeTarget,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -240,6 +241,7 @@ fn consent_json(consent: &Consent) -> Value {
         "consent_id": consent.consent_id,
         "subject": consent.subject,
         "granted_by": consent.granted_by,
+        "delegation_id": consent.delegation_id,
         "requester_department": consent.requester_department,
         "caseworker": consent.caseworker,
         "record_types": consent.record_types,
@@ -251,7 +253,7 @@ fn consent_json(consent: &Consent) -> Value {
         "status": consent.status_at(datarun_store::now_millis()),
         "expires_at_millis": consent.expires_at_millis,
         "granted_at_millis": consent.granted_at_millis,
-        "granted_by_guardian": consent.granted_by != consent.subject,
+        "granted_by_guardian": consent.granted_by != consent.subject && consent.delegation_id.is_none(),
     })
 }
 
@@ -381,6 +383,91 @@ pub async fn purposes(
     Caller(_caller): Caller,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "purposes": state.store.purposes().await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationBody {
+    /// The delegate's resident ID number.
+    delegate: ResidentId,
+    /// `guardian`, `agent` or `relative`.
+    relation: String,
+    record_types: Vec<RecordType>,
+    purposes: Vec<PurposeCode>,
+    /// Defaults to 365 days; at most five years.
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+fn delegation_json(delegation: &datarun_domain::delegation::Delegation) -> Value {
+    json!({
+        "delegation_id": delegation.delegation_id,
+        "principal": delegation.principal,
+        "delegate": delegation.delegate,
+        "relation": delegation.relation,
+        "record_types": delegation.record_types,
+        "purposes": delegation.purposes,
+        "expires_at_millis": delegation.expires_at_millis,
+        "created_at_millis": delegation.created_at_millis,
+        "revoked_at_millis": delegation.revoked_at_millis,
+    })
+}
+
+/// A citizen registers someone to act for them, within a scope and until an expiry.
+pub async fn register_delegation(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    payload: Result<Json<DelegationBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let request = body(payload)?;
+    let relation = datarun_domain::delegation::Relation::parse(&request.relation)
+        .ok_or_else(|| ApiError::bad_request("relation: guardian, agent or relative"))?;
+    let days = i64::from(request.expires_in_days.unwrap_or(365));
+    let delegation = state
+        .store
+        .register_delegation(
+            &caller,
+            DelegationGrant {
+                delegate: request.delegate,
+                relation,
+                record_types: request.record_types,
+                purposes: request.purposes,
+                expires_at_millis: datarun_store::now_millis() + days * 86_400_000,
+            },
+        )
+        .await?;
+    tracing::info!(actor = %caller.actor_id, delegation_id = %delegation.delegation_id, "delegation registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(signed(&state, delegation_json(&delegation))),
+    ))
+}
+
+/// Delegations the caller registered or is named in.
+pub async fn list_delegations(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let resident = citizen_id(&caller)?;
+    let delegations = state.store.delegations_of(resident).await?;
+    Ok(Json(
+        json!({ "delegations": delegations.iter().map(delegation_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// The principal revokes, or the delegate renounces, a delegation: at once.
+pub async fn revoke_delegation(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(delegation_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let delegation = state
+        .store
+        .revoke_delegation(&caller, &delegation_id)
+        .await?;
+    Ok(Json(delegation_json(&delegation)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -87,8 +87,11 @@ pub struct Consent {
     pub consent_id: String,
     /// The person whose data is released.
     pub subject: String,
-    /// The citizen who granted it: the subject, or a guardian of the subject.
+    /// The citizen who granted it: the subject, a guardian of the subject, or a
+    /// delegate the subject registered.
     pub granted_by: String,
+    /// The delegation it was granted under, when a delegate granted it.
+    pub delegation_id: Option<String>,
     pub requester_department: DepartmentId,
     /// When set, only this caseworker of the department may use it.
     pub caseworker: Option<String>,
@@ -363,6 +366,7 @@ mod tests {
             consent_id: "c1".into(),
             subject: CHILD.into(),
             granted_by: "440104198503125841".into(),
+            delegation_id: None,
             requester_department: DepartmentId::parse("public_security").unwrap(),
             caseworker: None,
             record_types: vec![

@@ -72,7 +72,7 @@ pub enum LookupOutcome {
 /// The age under which a guardian named on a certificate may consent for its subject.
 const AGE_OF_MAJORITY: i32 = 18;
 
-const CONSENT_COLUMNS: &str = "consent_id, subject_id, granted_by, requester_department, caseworker_id, record_types, fields_json, purpose_code, max_uses, uses, status, expires_at, granted_at, schema_versions";
+const CONSENT_COLUMNS: &str = "consent_id, subject_id, granted_by, requester_department, caseworker_id, record_types, fields_json, purpose_code, max_uses, uses, status, expires_at, granted_at, schema_versions, delegation_id";
 
 fn consent_from_row(row: &impl RowExt) -> Result<Consent> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("consent {what}"));
@@ -95,6 +95,7 @@ fn consent_from_row(row: &impl RowExt) -> Result<Consent> {
         consent_id: text(row, "consent_id")?,
         subject: text(row, "subject_id")?,
         granted_by: text(row, "granted_by")?,
+        delegation_id: optional_text(row, "delegation_id")?,
         requester_department: DepartmentId::parse(&text(row, "requester_department")?)
             .map_err(|_| corrupt("department"))?,
         caseworker: optional_text(row, "caseworker_id")?,
@@ -259,17 +260,43 @@ impl Store {
                 grant.requester_department
             )));
         }
+        // Who may grant for whom: the subject; a guardian of a minor subject named on
+        // one of the child's certificates (birth certificate, household register,
+        // student status); or a delegate the subject registered, within its scope.
+        let mut delegation_id = None;
         if grant.subject != *grantor_id {
             let today = CivilDate::from_unix_millis_cst(now);
             let minor = grant.subject.birth_date().years_until(today) < AGE_OF_MAJORITY;
-            if !minor
-                || !self
+            let guardian = minor
+                && self
                     .is_guardian_of(grantor_id.as_str(), grant.subject.as_str())
-                    .await?
-            {
-                return Err(StoreError::Forbidden(
-                    "you may grant consent only for yourself or for a minor whose certificate names you as parent".into(),
-                ));
+                    .await?;
+            if !guardian {
+                let delegations = self
+                    .delegations_between(grant.subject.as_str(), grantor_id.as_str())
+                    .await?;
+                match datarun_domain::delegation::judge_delegated_grant(
+                    &delegations,
+                    &grant.record_types,
+                    &grant.purpose,
+                    now,
+                ) {
+                    Ok(id) => delegation_id = Some(id),
+                    Err("not_subject_or_guardian") => {
+                        return Err(StoreError::Forbidden(
+                            "you may grant consent only for yourself, for a minor whose certificate names you as guardian, or for someone who registered you as their delegate".into(),
+                        ))
+                    }
+                    Err(code) => {
+                        return Err(StoreError::Refused {
+                            code,
+                            message: match code {
+                                "delegate_out_of_scope" => "your delegation does not cover these record types or this purpose".into(),
+                                other => format!("your delegation cannot be used: {other}"),
+                            },
+                        })
+                    }
+                }
             }
         }
         let mut tx = self.begin_write().await?;
@@ -335,6 +362,7 @@ impl Store {
             consent_id: random_id("consent")?,
             subject: grant.subject.as_str().to_owned(),
             granted_by: grantor_id.as_str().to_owned(),
+            delegation_id,
             requester_department: grant.requester_department,
             caseworker: grant.caseworker,
             record_types: grant.record_types,
@@ -349,7 +377,7 @@ impl Store {
         };
         let place = reserve(&mut tx).await?;
         let sql = format!(
-            "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         let record_types = consent
             .record_types
@@ -374,6 +402,7 @@ impl Store {
                 .bind(consent.expires_at_millis)
                 .bind(consent.granted_at_millis)
                 .bind(json!(consent.schema_versions).to_string())
+                .bind(&consent.delegation_id)
                 .execute(&mut *conn)
                 .await?;
         });
@@ -389,7 +418,8 @@ impl Store {
                     "schema_versions": consent.schema_versions,
                     "max_uses": consent.max_uses,
                     "expires_at_millis": consent.expires_at_millis,
-                    "by_guardian": consent.granted_by != consent.subject,
+                    "by_guardian": consent.granted_by != consent.subject && consent.delegation_id.is_none(),
+                    "delegation_id": consent.delegation_id,
                 }),
             ),
         )

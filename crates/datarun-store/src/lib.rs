@@ -14,6 +14,7 @@ mod actors;
 mod audit;
 mod auth;
 mod consents;
+mod delegations;
 pub mod department;
 mod feed;
 mod purposes;
@@ -28,6 +29,7 @@ pub use actors::Actor;
 pub use audit::{AuditFilter, NewAuditEvent};
 pub use auth::{Authentication, RevokeTarget, AUTH_POLL_EVERY, REVOCATION_REACHES_ALL_HUBS_WITHIN};
 pub use consents::{ConsentGrant, LookupAsk, LookupOutcome, ReleasedCertificate};
+pub use delegations::DelegationGrant;
 pub use feed::{FeedEntry, FEED_PAGE_MAX};
 pub use purposes::HubKey;
 pub use records::{
@@ -184,6 +186,18 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0011_hub_keys.sql"),
             ),
         };
+        let delegations = match self.0 {
+            Backend::Sqlite => migration(
+                12,
+                "delegations",
+                include_str!("../migrations/sqlite/0012_delegations.sql"),
+            ),
+            Backend::Postgres => migration(
+                12,
+                "delegations",
+                include_str!("../migrations/postgres/0012_delegations.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -225,6 +239,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 tokens,
                 purposes,
                 hub_keys,
+                delegations,
             ])
         })
     }
