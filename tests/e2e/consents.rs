@@ -950,3 +950,145 @@ async fn delegates_grant_within_scope_sqlite() {
 async fn delegates_grant_within_scope_postgres() {
     delegates_grant_within_scope(Db::Postgres).await;
 }
+
+/// 秒批: a citizen asks for a tax-paid proof and a social-insurance enrolment proof and
+/// gets each at once, signed, with its own id, stating only what the stored records
+/// say; a caseworker shown the id reads it back (audited); a citizen with nothing to
+/// prove is told so, and that is audited too.
+async fn instant_proofs_come_from_stored_data(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let population = datarun_connector::population::generate(200, 31);
+    population.write(&env.dir).unwrap();
+    let mut total = 0;
+    for record_type in [
+        "tax.tax_payment_certificate",
+        "human_resources.social_insurance_enrolment",
+    ] {
+        let file = population
+            .files
+            .iter()
+            .find(|f| f.record_type == record_type)
+            .unwrap();
+        let folder = crate::harness::repo_root()
+            .join("connectors")
+            .join(record_type);
+        let (code, out) = env
+            .cli(&[
+                "connector",
+                "run",
+                folder.to_str().unwrap(),
+                "--source",
+                env.dir.join(file.path).to_str().unwrap(),
+                "--state-dir",
+                env.dir.join("state").to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(code, 0, "{out}");
+        total += file.rows.len() as i64;
+    }
+    assert_eq!(hub.wait_for_certificates(total).await, total);
+    let rows = |record_type: &str| {
+        &population
+            .files
+            .iter()
+            .find(|f| f.record_type == record_type)
+            .unwrap()
+            .rows
+    };
+    // A citizen taxpayer who is also enrolled in social insurance.
+    let taxpayer = rows("tax.tax_payment_certificate")
+        .iter()
+        .map(|r| r["nsrsbh"].clone())
+        .find(|id| {
+            id.len() == 18
+                && rows("human_resources.social_insurance_enrolment")
+                    .iter()
+                    .any(|r| &r["aac002"] == id)
+        })
+        .expect("a citizen who pays tax and is enrolled");
+    let paid: i64 = rows("tax.tax_payment_certificate")
+        .iter()
+        .filter(|r| r["nsrsbh"] == taxpayer)
+        .map(|r| r["sjse_fen"].parse::<i64>().unwrap())
+        .sum();
+    let citizen = env.citizen_token(&taxpayer).await;
+    let (status, proof) = hub
+        .post(
+            "/v1/proofs",
+            &citizen,
+            json!({ "kind": "tax_paid", "from": "2025-01-01", "to": "2025-12-31" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{proof}");
+    assert_eq!(proof["facts"]["total_paid_fen"], paid, "{proof}");
+    assert_eq!(proof["subject"], taxpayer);
+    assert!(proof["proof_id"].as_str().unwrap().starts_with("proof_"));
+    assert!(proof["hub_signature"]["value"].is_string());
+    let (status, enrolment) = hub
+        .post(
+            "/v1/proofs",
+            &citizen,
+            json!({ "kind": "social_insurance_enrolment" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{enrolment}");
+    let first = &enrolment["facts"]["enrolments"][0];
+    assert!(first["employer_name"].is_string(), "{enrolment}");
+    assert!(
+        first.get("monthly_base_fen").is_none(),
+        "the contribution base is never stated"
+    );
+    // Nothing paid in 2020: nothing to prove.
+    let (status, body) = hub
+        .post(
+            "/v1/proofs",
+            &citizen,
+            json!({ "kind": "tax_paid", "from": "2020-01-01", "to": "2020-12-31" }),
+        )
+        .await;
+    assert_eq!(refusal(status, &body), (422, "nothing_to_prove".into()));
+    // A caseworker shown the id reads the same proof back, signed; a stranger cannot.
+    let caseworker = env.caseworker_token("human_resources").await;
+    let path = format!("/v1/proofs/{}", proof["proof_id"].as_str().unwrap());
+    let (status, read) = hub.get(&path, &caseworker).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["facts"], proof["facts"]);
+    assert_eq!(
+        read["hub_signature"], proof["hub_signature"],
+        "deterministic Ed25519"
+    );
+    let stranger = env.citizen_token("440106199001012449").await;
+    let (status, _) = hub.get(&path, &stranger).await;
+    assert_eq!(status, 404);
+    // All of it in the citizen's own access log.
+    let (_, log) = hub.get("/v1/me/access-log", &citizen).await;
+    let seen: Vec<(&str, &str)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| (e["kind"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("proof_issued", "recorded"),
+            ("proof_issued", "recorded"),
+            ("proof_issued", "refused"),
+            ("proof_read", "allowed"),
+        ],
+        "{log}"
+    );
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_proofs_come_from_stored_data_sqlite() {
+    instant_proofs_come_from_stored_data(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_proofs_come_from_stored_data_postgres() {
+    instant_proofs_come_from_stored_data(Db::Postgres).await;
+}

@@ -46,6 +46,7 @@ impl From<StoreError> for ApiError {
             StoreError::Refused { code, message } => {
                 let status = match code {
                     "consent_not_found" | "delegation_not_found" => StatusCode::NOT_FOUND,
+                    "nothing_to_prove" => StatusCode::UNPROCESSABLE_ENTITY,
                     "consent_revoked"
                     | "consent_paused"
                     | "consent_not_paused"

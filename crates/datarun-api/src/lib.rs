@@ -56,6 +56,8 @@ pub fn router(state: ApiState) -> Router {
             post(routes::resume_consent),
         )
         .route("/v1/purposes", get(routes::purposes))
+        .route("/v1/proofs", post(routes::issue_proof))
+        .route("/v1/proofs/{proof_id}", get(routes::proof))
         .route(
             "/v1/delegations",
             post(routes::register_delegation).get(routes::list_delegations),

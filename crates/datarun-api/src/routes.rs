@@ -387,6 +387,62 @@ pub async fn purposes(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ProofBody {
+    /// `social_insurance_enrolment` or `tax_paid`.
+    kind: String,
+    /// For `tax_paid`: the period, `YYYY-MM-DD`.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// 秒批: a citizen asks for a proof and gets it at once, signed, with its own id.
+pub async fn issue_proof(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    payload: Result<Json<ProofBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let request = body(payload)?;
+    let kind = datarun_domain::proof::ProofKind::parse(&request.kind)
+        .ok_or_else(|| ApiError::bad_request("kind: social_insurance_enrolment or tax_paid"))?;
+    let date = |name: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| {
+                datarun_domain::date::CivilDate::parse_iso(t)
+                    .ok_or_else(|| ApiError::bad_request(format!("{name}: a date, YYYY-MM-DD")))
+            })
+            .transpose()
+    };
+    let period = match (date("from", &request.from)?, date("to", &request.to)?) {
+        (Some(from), Some(to)) => Some((from, to)),
+        (None, None) => None,
+        _ => return Err(ApiError::bad_request("a period names both from and to")),
+    };
+    let document = state.store.issue_proof(&caller, kind, period).await?;
+    tracing::info!(actor = %caller.actor_id, proof_id = %document["proof_id"], "proof issued");
+    Ok((StatusCode::CREATED, Json(signed(&state, document))))
+}
+
+/// A proof as issued, signed: for its subject, or for a caseworker it was shown to.
+pub async fn proof(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(proof_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.store.proof(&caller, &proof_id).await? {
+        Some(document) => Ok(Json(signed(&state, document))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "proof_not_found",
+            "no proof with that id is yours to see",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DelegationBody {
     /// The delegate's resident ID number.
     delegate: ResidentId,

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod proof;
 pub mod purpose;
 pub mod reason;
 pub mod sensitivity;

@@ -17,6 +17,7 @@ mod consents;
 mod delegations;
 pub mod department;
 mod feed;
+mod proofs;
 mod purposes;
 pub use datarun_domain::faults;
 mod records;
@@ -198,6 +199,18 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0012_delegations.sql"),
             ),
         };
+        let proofs = match self.0 {
+            Backend::Sqlite => migration(
+                13,
+                "proofs",
+                include_str!("../migrations/sqlite/0013_proofs.sql"),
+            ),
+            Backend::Postgres => migration(
+                13,
+                "proofs",
+                include_str!("../migrations/postgres/0013_proofs.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -240,6 +253,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 purposes,
                 hub_keys,
                 delegations,
+                proofs,
             ])
         })
     }
