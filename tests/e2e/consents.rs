@@ -1092,3 +1092,87 @@ async fn instant_proofs_come_from_stored_data_sqlite() {
 async fn instant_proofs_come_from_stored_data_postgres() {
     instant_proofs_come_from_stored_data(Db::Postgres).await;
 }
+
+/// Quotas per caseworker answer 429 with Retry-After, audited once per dry spell; a
+/// caseworker looking up many distinct people in a short time raises one
+/// `harvesting_suspected` alarm.
+async fn quotas_and_the_harvesting_alarm(db: Db) {
+    let mut env = TestEnv::new(db, Broker::Mock).await;
+    env.config.lookups.caseworker_per_minute = 5;
+    env.config.lookups.harvest_distinct_subjects = 3;
+    let hub = env.start().await;
+    let caseworker = env.caseworker_token("public_security").await;
+    let ask = |subject: &str| {
+        json!({
+            "consent_id": format!("consent_{}", "0".repeat(32)),
+            "subject": subject,
+            "record_type": BIRTH,
+            "purpose": "household_registration",
+        })
+    };
+    let subjects = [
+        "440104198503125841",
+        "440106199001012449",
+        "440111197707153974",
+        "440104194005060012",
+        "440104197001010011",
+    ];
+    for subject in subjects {
+        let (status, body) = hub.post("/v1/lookups", &caseworker, ask(subject)).await;
+        assert_eq!(refusal(status, &body), (403, "consent_not_found".into()));
+    }
+    for _ in 0..3 {
+        let response = hub
+            .http
+            .post(format!("{}/v1/lookups", hub.base))
+            .bearer_auth(&caseworker)
+            .json(&ask(subjects[0]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 429);
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=12).contains(&retry_after), "{retry_after}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "quota_exceeded");
+    }
+    // Another caseworker is not held up.
+    let other = env.caseworker_token("public_security").await;
+    let (status, _) = hub.post("/v1/lookups", &other, ask(subjects[0])).await;
+    assert_eq!(status, 403);
+    let auditor = env.auditor_token().await;
+    let (_, me) = hub.get("/v1/whoami", &caseworker).await;
+    let (_, quota) = hub
+        .get("/v1/audit/events?kind=quota_exceeded", &auditor)
+        .await;
+    let events = quota["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "once per dry spell: {quota}");
+    assert_eq!(events[0]["actor"], me["actor_id"]);
+    assert_eq!(events[0]["reason"], "caseworker_quota");
+    let (_, alarms) = hub
+        .get("/v1/audit/events?kind=harvesting_suspected", &auditor)
+        .await;
+    let alarms = alarms["events"].as_array().unwrap();
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0]["actor"], me["actor_id"]);
+    assert_eq!(alarms[0]["detail"]["distinct_subjects"], 4);
+    assert!(
+        !alarms[0].to_string().contains(subjects[0]),
+        "no ID number in the alarm"
+    );
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_the_harvesting_alarm_sqlite() {
+    quotas_and_the_harvesting_alarm(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_the_harvesting_alarm_postgres() {
+    quotas_and_the_harvesting_alarm(Db::Postgres).await;
+}

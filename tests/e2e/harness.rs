@@ -154,6 +154,11 @@ partitions = 2
 create_topics = {create_topics}
 [broker]
 start_local = false
+[lookups]
+# Tests flood lookups on purpose; the quota scenario sets its own limits.
+caseworker_per_minute = 1000000
+purpose_per_minute = 1000000
+harvest_distinct_subjects = 1000000
 "#,
             data = dir.display(),
             schemas = schemas_dir.display(),

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod push;
+pub mod quotas;
 pub mod registry;
 mod routes;
 
@@ -27,6 +28,8 @@ pub struct ApiState {
     /// This hub instance's key for the documents it signs (lookup responses, consent
     /// artefacts); its public half is registered in the store at start.
     pub signer: Arc<datarun_domain::signed::HubSigner>,
+    /// Lookup quotas and the harvesting alarm of this instance.
+    pub quotas: Arc<quotas::Quotas>,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -561,6 +561,62 @@ pub async fn lookup(
     }
     let subject = ResidentId::parse(&request.subject)
         .map_err(|error| ApiError::bad_request(format!("subject: {error}")))?;
+    let now = std::time::Instant::now();
+    if let Err(exceeded) = state
+        .quotas
+        .take(&caller.actor_id, request.purpose.as_str(), now)
+    {
+        if exceeded.first {
+            // Audited once per dry spell, not once per refused request of a flood.
+            state
+                .store
+                .audit(datarun_store::NewAuditEvent {
+                    kind: "quota_exceeded".into(),
+                    actor: caller.actor_id.clone(),
+                    department: caller.department.as_ref().map(|d| d.to_string()),
+                    purpose: Some(request.purpose.to_string()),
+                    outcome: "refused".into(),
+                    reason: Some(format!("{}_quota", exceeded.which)),
+                    detail: json!({ "window_seconds": state.quotas.settings().window.as_secs() }),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        tracing::warn!(actor = %caller.actor_id, quota = exceeded.which, "lookup quota exceeded");
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!(
+                "the {} lookup quota is used up; try again in {} s",
+                exceeded.which, exceeded.retry_after_secs
+            ),
+        );
+        error.retry_after = Some(exceeded.retry_after_secs);
+        return Err(error);
+    }
+    if let Some(distinct) = state
+        .quotas
+        .note_subject(&caller.actor_id, subject.as_str(), now)
+    {
+        let window = state.quotas.settings().harvest_window.as_secs();
+        tracing::warn!(actor = %caller.actor_id, distinct_subjects = distinct, window_seconds = window, "possible bulk harvesting");
+        state
+            .store
+            .audit(datarun_store::NewAuditEvent {
+                kind: "harvesting_suspected".into(),
+                actor: caller.actor_id.clone(),
+                department: caller.department.as_ref().map(|d| d.to_string()),
+                purpose: Some(request.purpose.to_string()),
+                outcome: "alarm".into(),
+                detail: json!({
+                    "distinct_subjects": distinct,
+                    "window_seconds": window,
+                    "threshold": state.quotas.settings().harvest_subjects,
+                }),
+                ..Default::default()
+            })
+            .await?;
+    }
     let record_types = match (request.record_type, request.record_types) {
         (Some(one), None) => vec![one],
         (None, Some(several)) => several,

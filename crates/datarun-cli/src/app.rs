@@ -189,6 +189,7 @@ pub async fn start(config: &Config, store: Store) -> anyhow::Result<Running> {
         metrics,
         records_topic_prefix: kafka.records_topic(""),
         signer,
+        quotas: Arc::new(datarun_api::quotas::Quotas::new(config.quota_settings())),
     };
     let http_shutdown = shutdown_signal(&receiver);
     tasks.push(tokio::spawn(async move {

@@ -18,6 +18,20 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
+    pub lookups: LookupsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupsConfig {
+    /// Lookups one caseworker may make per minute on this instance.
+    pub caseworker_per_minute: u32,
+    /// Lookups for one purpose per minute on this instance, all caseworkers together.
+    pub purpose_per_minute: u32,
+    /// Distinct people one caseworker may look up within `harvest_window_minutes`
+    /// before a `harvesting_suspected` alarm is audited.
+    pub harvest_distinct_subjects: u32,
+    pub harvest_window_minutes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +147,12 @@ port = 19092
 [auth]
 department_token_hours = 2160
 person_token_hours = 12
+
+[lookups]
+caseworker_per_minute = 120
+purpose_per_minute = 6000
+harvest_distinct_subjects = 50
+harvest_window_minutes = 10
 "#;
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
@@ -227,6 +247,18 @@ impl Config {
             self.kafka.group_id,
             hex::encode(&digest.as_ref()[..4])
         ))
+    }
+
+    pub fn quota_settings(&self) -> datarun_api::quotas::QuotaSettings {
+        datarun_api::quotas::QuotaSettings {
+            per_caseworker: self.lookups.caseworker_per_minute.max(1),
+            per_purpose: self.lookups.purpose_per_minute.max(1),
+            window: std::time::Duration::from_secs(60),
+            harvest_subjects: self.lookups.harvest_distinct_subjects.max(1),
+            harvest_window: std::time::Duration::from_secs(
+                u64::from(self.lookups.harvest_window_minutes.max(1)) * 60,
+            ),
+        }
     }
 
     pub fn kafka_settings(&self) -> datarun_kafka::KafkaSettings {
