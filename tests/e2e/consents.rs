@@ -1176,3 +1176,153 @@ async fn quotas_and_the_harvesting_alarm_sqlite() {
 async fn quotas_and_the_harvesting_alarm_postgres() {
     quotas_and_the_harvesting_alarm(Db::Postgres).await;
 }
+
+/// A department requests consent; the parent previews exactly what would be released,
+/// approves (the consent it grants releases the same fields) or declines; a request is
+/// decided once; a stranger sees none of it.
+async fn request_preview_approve(db: Db) {
+    let env = TestEnv::new(db, Broker::Mock).await;
+    let hub = env.start().await;
+    let f = family(&env, &hub).await;
+    let ask = json!({
+        "subject": f.child,
+        "record_types": [BIRTH],
+        "purpose": "household_registration",
+        "note": "新生儿入户办理",
+    });
+    let (status, request) = hub
+        .post("/v1/consent-requests", &f.caseworker, ask.clone())
+        .await;
+    assert_eq!(status, 201, "{request}");
+    assert_eq!(request["status"], "PENDING");
+    let id = request["request_id"].as_str().unwrap();
+    // The parent sees it among the requests about their child.
+    let (_, listed) = hub.get("/v1/consent-requests", &f.mother).await;
+    assert!(
+        listed["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["request_id"] == id),
+        "{listed}"
+    );
+    let (status, preview) = hub
+        .get(&format!("/v1/consent-requests/{id}/preview"), &f.mother)
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["purpose"]["title_zh"], "新生儿入户");
+    assert!(preview["purpose"]["legal_basis"]
+        .as_str()
+        .unwrap()
+        .contains("户口登记条例"));
+    assert_eq!(
+        preview["request"]["requester_department"],
+        "public_security"
+    );
+    let previewed = &preview["certificates"][0]["fields"];
+    assert!(previewed["child_name"].is_string(), "{preview}");
+    assert!(previewed.get("mother_id_number").is_none(), "{preview}");
+    let stranger = env.citizen_token("440106199001012449").await;
+    let (status, _) = hub
+        .get(&format!("/v1/consent-requests/{id}/preview"), &stranger)
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, approved) = hub
+        .post(
+            &format!("/v1/consent-requests/{id}/approve"),
+            &f.mother,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201, "{approved}");
+    assert_eq!(approved["request"]["status"], "APPROVED");
+    let consent = &approved["consent"];
+    assert_eq!(approved["request"]["consent_id"], consent["consent_id"]);
+    let (status, body) = hub
+        .post(
+            &format!("/v1/consent-requests/{id}/approve"),
+            &f.mother,
+            json!({}),
+        )
+        .await;
+    assert_eq!(refusal(status, &body), (409, "request_not_pending".into()));
+    // The department sees it approved, and its lookup releases what the preview showed.
+    let (_, seen) = hub
+        .get(&format!("/v1/consent-requests/{id}"), &f.caseworker)
+        .await;
+    assert_eq!(seen["status"], "APPROVED");
+    let (status, looked) = hub
+        .post(
+            "/v1/lookups",
+            &f.caseworker,
+            lookup(consent, &f.child, json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{looked}");
+    assert_eq!(&looked["certificates"][0]["fields"], previewed);
+
+    // Declined: no consent.
+    let (_, second) = hub.post("/v1/consent-requests", &f.caseworker, ask).await;
+    let id = second["request_id"].as_str().unwrap();
+    let (status, declined) = hub
+        .post(
+            &format!("/v1/consent-requests/{id}/decline"),
+            &f.mother,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, declined["request"]["status"].as_str()),
+        (200, Some("DECLINED")),
+        "{declined}"
+    );
+    let (_, consents) = hub.get("/v1/consents", &f.mother).await;
+    assert_eq!(
+        consents["consents"].as_array().unwrap().len(),
+        1,
+        "{consents}"
+    );
+    // A purpose that does not need the record type cannot even be asked for.
+    let (status, body) = hub
+        .post(
+            "/v1/consent-requests",
+            &f.caseworker,
+            json!({ "subject": f.child, "record_types": ["tax.tax_payment_certificate"], "purpose": "household_registration" }),
+        )
+        .await;
+    assert_eq!(refusal(status, &body), (403, "purpose_not_allowed".into()));
+    let auditor = env.auditor_token().await;
+    let (_, trail) = hub
+        .get(&format!("/v1/audit/events?subject={}", f.child), &auditor)
+        .await;
+    let kinds: Vec<&str> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "consent_requested",
+            "consent_request_previewed",
+            "consent_granted",
+            "lookup",
+            "consent_requested",
+            "consent_request_declined",
+        ],
+        "{trail}"
+    );
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_preview_approve_sqlite() {
+    request_preview_approve(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_preview_approve_postgres() {
+    request_preview_approve(Db::Postgres).await;
+}

@@ -48,14 +48,17 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(message) => Self::forbidden("forbidden", message),
             StoreError::Refused { code, message } => {
                 let status = match code {
-                    "consent_not_found" | "delegation_not_found" => StatusCode::NOT_FOUND,
+                    "consent_not_found" | "delegation_not_found" | "request_not_found" => {
+                        StatusCode::NOT_FOUND
+                    }
                     "nothing_to_prove" => StatusCode::UNPROCESSABLE_ENTITY,
                     "consent_revoked"
                     | "consent_paused"
                     | "consent_not_paused"
                     | "consent_expired"
                     | "consent_exhausted"
-                    | "delegation_already_revoked" => StatusCode::CONFLICT,
+                    | "delegation_already_revoked"
+                    | "request_not_pending" => StatusCode::CONFLICT,
                     _ => StatusCode::FORBIDDEN,
                 };
                 Self::new(status, code, message)

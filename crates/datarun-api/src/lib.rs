@@ -59,6 +59,26 @@ pub fn router(state: ApiState) -> Router {
             post(routes::resume_consent),
         )
         .route("/v1/purposes", get(routes::purposes))
+        .route(
+            "/v1/consent-requests",
+            post(routes::request_consent).get(routes::list_consent_requests),
+        )
+        .route(
+            "/v1/consent-requests/{request_id}",
+            get(routes::consent_request),
+        )
+        .route(
+            "/v1/consent-requests/{request_id}/preview",
+            get(routes::preview_consent_request),
+        )
+        .route(
+            "/v1/consent-requests/{request_id}/approve",
+            post(routes::approve_consent_request),
+        )
+        .route(
+            "/v1/consent-requests/{request_id}/decline",
+            post(routes::decline_consent_request),
+        )
         .route("/v1/proofs", post(routes::issue_proof))
         .route("/v1/proofs/{proof_id}", get(routes::proof))
         .route(

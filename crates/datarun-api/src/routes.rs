@@ -12,7 +12,7 @@ use datarun_domain::{
 };
 use datarun_store::{
     Actor, AuditFilter, Authentication, ConsentGrant, DelegationGrant, LookupAsk, LookupOutcome,
-    RevokeTarget,
+    NewConsentRequest, RevokeTarget,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -383,6 +383,138 @@ pub async fn purposes(
     Caller(_caller): Caller,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "purposes": state.store.purposes().await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequestBody {
+    subject: ResidentId,
+    record_types: Vec<RecordType>,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+    purpose: PurposeCode,
+    #[serde(default)]
+    caseworker: Option<String>,
+    /// Defaults to 1.
+    #[serde(default)]
+    max_uses: Option<u32>,
+    /// How long the consent lasts once approved; defaults to 24 hours.
+    #[serde(default)]
+    expires_in_hours: Option<u32>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// A department (its system or a caseworker) asks a citizen for consent.
+pub async fn request_consent(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    payload: Result<Json<ConsentRequestBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !matches!(caller.role, Role::Caseworker | Role::Department) {
+        return Err(ApiError::forbidden(
+            "wrong_role",
+            "this endpoint is for a department's caseworkers and systems",
+        ));
+    }
+    let request = body(payload)?;
+    let created = state
+        .store
+        .request_consent(
+            &caller,
+            NewConsentRequest {
+                subject: request.subject,
+                record_types: request.record_types,
+                fields: request.fields,
+                purpose: request.purpose,
+                caseworker: request.caseworker,
+                max_uses: request.max_uses.unwrap_or(1),
+                valid_for_millis: i64::from(request.expires_in_hours.unwrap_or(24)) * 3_600_000,
+                note: request.note,
+            },
+        )
+        .await?;
+    tracing::info!(actor = %caller.actor_id, request_id = %created.request_id, "consent requested");
+    Ok((StatusCode::CREATED, Json(json!(created))))
+}
+
+/// A citizen's requests to decide (about them, their minor children, whoever delegated
+/// to them), or a department's own requests.
+pub async fn list_consent_requests(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let requests = match (&caller.resident_id, &caller.department) {
+        (Some(citizen), _) => state.store.consent_requests_for(citizen).await?,
+        (None, Some(department)) => state.store.consent_requests_by(department).await?,
+        _ => {
+            return Err(ApiError::forbidden(
+                "wrong_role",
+                "for citizens and departments",
+            ))
+        }
+    };
+    Ok(Json(json!({ "requests": requests })))
+}
+
+pub async fn consent_request(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(request_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.store.consent_request(&caller, &request_id).await? {
+        Some(request) => Ok(Json(json!(request))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "request_not_found",
+            "no consent request with that id is yours to see",
+        )),
+    }
+}
+
+/// Exactly what approving would release: each certificate with its fields, to whom,
+/// why (the purpose's titles and legal basis), until when.
+pub async fn preview_consent_request(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(request_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let preview = state
+        .store
+        .preview_consent_request(&caller, &request_id)
+        .await?;
+    Ok(Json(json!(preview)))
+}
+
+pub async fn approve_consent_request(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(request_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let (request, consent) = state
+        .store
+        .decide_consent_request(&caller, &request_id, true)
+        .await?;
+    let consent = consent.map(|c| signed(&state, consent_json(&c)));
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "request": request, "consent": consent })),
+    ))
+}
+
+pub async fn decline_consent_request(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(request_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Role::Citizen)?;
+    let (request, _) = state
+        .store
+        .decide_consent_request(&caller, &request_id, false)
+        .await?;
+    Ok(Json(json!({ "request": request })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// The release policies a lookup batch has read, by record type and granted version.
-type Policies = HashMap<(String, u32), Arc<ReleasePolicy>>;
+pub(crate) type Policies = HashMap<(String, u32), Arc<ReleasePolicy>>;
 
 /// A citizen's grant, as asked for.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ async fn load_consent(tx: &mut WriteTransaction, consent_id: &str) -> Result<Opt
 impl Store {
     /// What `consent` can release of `record_type`: the fields of the version it was
     /// granted against, at the highest sensitivity any version since gave them.
-    async fn release_policy(
+    pub(crate) async fn release_policy(
         &self,
         tx: &mut WriteTransaction,
         consent: &Consent,
@@ -885,7 +885,7 @@ impl Store {
 }
 
 /// The current version of each of `subject`'s certificates of `record_type`.
-async fn current_certificates(
+pub(crate) async fn current_certificates(
     tx: &mut WriteTransaction,
     subject: &str,
     record_type: &RecordType,

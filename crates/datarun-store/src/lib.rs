@@ -13,6 +13,7 @@
 mod actors;
 mod audit;
 mod auth;
+mod consent_requests;
 mod consents;
 mod delegations;
 pub mod department;
@@ -29,6 +30,7 @@ mod settings;
 pub use actors::Actor;
 pub use audit::{AuditFilter, NewAuditEvent};
 pub use auth::{Authentication, RevokeTarget, AUTH_POLL_EVERY, REVOCATION_REACHES_ALL_HUBS_WITHIN};
+pub use consent_requests::{ConsentRequest, NewConsentRequest, Preview};
 pub use consents::{ConsentGrant, LookupAsk, LookupOutcome, ReleasedCertificate};
 pub use delegations::DelegationGrant;
 pub use feed::{FeedEntry, FEED_PAGE_MAX};
@@ -211,6 +213,18 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0013_proofs.sql"),
             ),
         };
+        let requests = match self.0 {
+            Backend::Sqlite => migration(
+                14,
+                "consent requests",
+                include_str!("../migrations/sqlite/0014_consent_requests.sql"),
+            ),
+            Backend::Postgres => migration(
+                14,
+                "consent requests",
+                include_str!("../migrations/postgres/0014_consent_requests.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -254,6 +268,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 hub_keys,
                 delegations,
                 proofs,
+                requests,
             ])
         })
     }
