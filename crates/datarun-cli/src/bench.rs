@@ -7,10 +7,9 @@ use crate::config::Config;
 use crate::setup;
 use anyhow::Context;
 use datarun_connector::Connector;
-use datarun_domain::{RecordType, ResidentId, Role};
 use datarun_kafka::broker::{MockKafka, TansuBroker, TansuStorage};
 use datarun_kafka::{IncomingRecord, IngestConsumer, RecordPublisher};
-use datarun_store::{ConsentGrant, LookupOutcome, Store};
+use datarun_store::Store;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -134,7 +133,7 @@ pub async fn fresh_hub(
     })
 }
 
-fn rate(count: usize, elapsed: Duration) -> String {
+pub(crate) fn rate(count: usize, elapsed: Duration) -> String {
     format!("{:>9.0}/s", count as f64 / elapsed.as_secs_f64())
 }
 
@@ -405,152 +404,4 @@ pub async fn ingest(
         later.len()
     )?;
     Ok(hub)
-}
-
-/// Consented lookups against `certificates` stored certificates, `concurrency` at a time,
-/// each under its own one-use consent (consent check, use count, read, audit: one transaction).
-pub async fn lookups(
-    backend: Backend,
-    certificates: usize,
-    lookups: usize,
-    concurrency: usize,
-    postgres_admin_url: &str,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let mut sink = Vec::new();
-    let hub = ingest(
-        backend,
-        Broker::Mock,
-        certificates,
-        postgres_admin_url,
-        &mut sink,
-    )
-    .await?;
-    let store = hub.store.clone();
-    // As a running hub does: SQLite's log is checkpointed in the background
-    // while the consents are granted and the lookups run.
-    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::oneshot::channel::<()>();
-    let checkpoints = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .run_checkpoints(datarun_store::CHECKPOINT_EVERY, async {
-                    let _ = checkpoints_stopped.await;
-                })
-                .await;
-        })
-    };
-    let rows = datarun_connector::sample::birth_certificates(certificates, 1);
-    let department = datarun_domain::DepartmentId::parse("public_security")?;
-    let (caseworker, _) = store
-        .create_actor(
-            Role::Caseworker,
-            Some(&department),
-            None,
-            "bench counter",
-            std::time::Duration::from_secs(86_400),
-        )
-        .await?;
-    let record_type = RecordType::parse("health.birth_certificate")?;
-    let purpose = datarun_domain::PurposeCode::parse("household_registration")?;
-    let mut work = Vec::with_capacity(lookups);
-    for index in 0..lookups {
-        let row = &rows[index % rows.len()];
-        let child = ResidentId::parse(&row["baby_id_no"])?;
-        let (citizen, _) = store
-            .create_actor(
-                Role::Citizen,
-                None,
-                Some(&child),
-                "bench citizen",
-                std::time::Duration::from_secs(86_400),
-            )
-            .await?;
-        let consent = store
-            .grant_consent(
-                &citizen,
-                ConsentGrant {
-                    subject: child.clone(),
-                    requester_department: department.clone(),
-                    caseworker: None,
-                    record_types: vec![record_type.clone()],
-                    fields: None,
-                    purpose: purpose.clone(),
-                    max_uses: 1,
-                    expires_at_millis: datarun_store::now_millis() + 3_600_000,
-                },
-            )
-            .await?;
-        work.push((consent.consent_id, child.as_str().to_owned()));
-    }
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(work));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (queue, store, caseworker, record_type, purpose) = (
-            queue.clone(),
-            store.clone(),
-            caseworker.clone(),
-            record_type.clone(),
-            purpose.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let Some((consent_id, subject)) = queue.lock().await.pop() else {
-                    break;
-                };
-                let began = Instant::now();
-                let outcome = store
-                    .lookup(
-                        &caseworker,
-                        datarun_store::LookupAsk {
-                            consent_id,
-                            subject,
-                            record_types: vec![record_type.clone()],
-                            purpose: purpose.clone(),
-                            fields: None,
-                        },
-                    )
-                    .await?;
-                latencies.push(began.elapsed());
-                if !matches!(outcome, LookupOutcome::Allowed { .. }) {
-                    anyhow::bail!("a benchmark lookup was refused");
-                }
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(lookups);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    let _ = stop_checkpoints.send(());
-    checkpoints.await?;
-    latencies.sort();
-    let percentile =
-        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    writeln!(
-        out,
-        "lookup benchmark ({backend:?}, {certificates} certificates stored, {lookups} one-use consents, {concurrency} concurrent)"
-    )?;
-    writeln!(
-        out,
-        "  consented, audited lookups  {}  ({elapsed:.2?})",
-        rate(lookups, elapsed)
-    )?;
-    writeln!(
-        out,
-        "  latency p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {:.2?}",
-        percentile(0.5),
-        percentile(0.9),
-        percentile(0.99),
-        latencies[latencies.len() - 1]
-    )?;
-    match store.verify_audit_chain().await? {
-        Ok(events) => writeln!(out, "  audit chain intact after the run: {events} events")?,
-        Err(chain_break) => anyhow::bail!("audit chain broken after the benchmark: {chain_break}"),
-    }
-    Ok(())
 }

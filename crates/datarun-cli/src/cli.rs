@@ -764,7 +764,7 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             concurrency,
             postgres_admin_url,
         }) => {
-            crate::bench::lookups(
+            crate::bench_lookup::lookups(
                 backend,
                 certificates,
                 lookups,
