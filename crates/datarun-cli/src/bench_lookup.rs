@@ -202,6 +202,8 @@ pub async fn lookups(
         }
     }
     let loaded = started.elapsed();
+    // As autovacuum would soon after a bulk load.
+    store.refresh_statistics().await?;
 
     // One caseworker per client; one citizen per child; a one-use consent per lookup
     // of each of the three lookup phases.

@@ -88,6 +88,91 @@ pub(crate) async fn append(
     Ok(event)
 }
 
+/// `event` as number `seq` after `prev_hash`, hashed, not yet written.
+pub(crate) fn chained(event: NewAuditEvent, seq: i64, prev_hash: &str) -> AuditEvent {
+    AuditEvent {
+        seq,
+        occurred_at_millis: now_millis(),
+        kind: event.kind,
+        actor: event.actor,
+        department: event.department,
+        subject_ref: event.subject_ref,
+        consent_id: event.consent_id,
+        purpose: event.purpose,
+        outcome: event.outcome,
+        reason: event.reason,
+        detail: event.detail.to_string(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+    .chain_after(seq, prev_hash)
+}
+
+/// Writes already chained events (`chained`), in one statement on PostgreSQL, without
+/// moving the head.
+pub(crate) async fn insert_chained(tx: &mut WriteTransaction, events: &[AuditEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    match tx {
+        WriteTransaction::Postgres(transaction) => {
+            let column =
+                |f: fn(&AuditEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(
+                "INSERT INTO audit_events (seq, occurred_at, kind, actor, department_id, subject_ref, consent_id,
+                     purpose_code, outcome, reason, detail_json, prev_hash, hash)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])",
+            )
+            .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.occurred_at_millis).collect::<Vec<_>>())
+            .bind(column(|e| Some(e.kind.clone())))
+            .bind(column(|e| Some(e.actor.clone())))
+            .bind(column(|e| e.department.clone()))
+            .bind(column(|e| e.subject_ref.clone()))
+            .bind(column(|e| e.consent_id.clone()))
+            .bind(column(|e| e.purpose.clone()))
+            .bind(column(|e| Some(e.outcome.clone())))
+            .bind(column(|e| e.reason.clone()))
+            .bind(column(|e| Some(e.detail.clone())))
+            .bind(column(|e| Some(e.prev_hash.clone())))
+            .bind(column(|e| Some(e.hash.clone())))
+            .execute(&mut **transaction)
+            .await?;
+        }
+        WriteTransaction::Sqlite { transaction, .. } => {
+            for event in events {
+                write_event(transaction, event).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_event(conn: &mut sqlx::SqliteConnection, event: &AuditEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_events (seq, occurred_at, kind, actor, department_id, subject_ref, consent_id,
+             purpose_code, outcome, reason, detail_json, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(event.seq)
+    .bind(event.occurred_at_millis)
+    .bind(&event.kind)
+    .bind(&event.actor)
+    .bind(&event.department)
+    .bind(&event.subject_ref)
+    .bind(&event.consent_id)
+    .bind(&event.purpose)
+    .bind(&event.outcome)
+    .bind(&event.reason)
+    .bind(&event.detail)
+    .bind(&event.prev_hash)
+    .bind(&event.hash)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Writes `event` as number `seq` after `prev_hash`, without moving the head.
 pub(crate) async fn insert_event(
     tx: &mut WriteTransaction,

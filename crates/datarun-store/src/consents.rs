@@ -2,7 +2,9 @@
 //! certificates and appends its audit event in one transaction, so concurrent uses of
 //! a one-use consent cannot both succeed and no access goes unaudited.
 
-use crate::audit::{append, insert_event, lock_head, reserve, set_head, NewAuditEvent};
+use crate::audit::{
+    append, chained, insert_chained, insert_event, lock_head, reserve, set_head, NewAuditEvent,
+};
 use crate::purposes::purpose_in;
 use crate::schemas::{latest_live_version, version_at, versions_from};
 use crate::{
@@ -646,7 +648,17 @@ impl Store {
                     Err(_) => break,
                 }
             }
-            match self.lookup_batch(&jobs).await {
+            // Optimistically without savepoints (two round trips fewer per lookup); if
+            // anything fails the transaction is rolled back whole and the batch runs
+            // again with each lookup isolated in its own savepoint.
+            let outcomes = match self.lookup_batch_fast(&jobs).await {
+                Ok(outcomes) => Ok(outcomes),
+                Err(error) => {
+                    tracing::warn!(%error, lookups = jobs.len(), "a lookup batch failed; running it again with each lookup isolated");
+                    self.lookup_batch(&jobs, true).await
+                }
+            };
+            match outcomes {
                 Ok(outcomes) => {
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(outcome);
@@ -662,12 +674,191 @@ impl Store {
         }
     }
 
-    /// Runs a batch in one transaction, each lookup inside its own savepoint: one that
-    /// fails (a database error on its rows, say) is rolled back alone and audited as
-    /// `failed`, and the others of the batch commit as if it had never been there.
+    /// The hot path: a batch in one transaction with a fixed number of statements
+    /// whatever its size (on PostgreSQL, each a round trip): the batch's consents read
+    /// (and locked) at once, every lookup decided in order in memory — a consent's uses
+    /// counted as they go, so the second use of a one-use consent in the same batch is
+    /// refused — the released certificates read at once, then the use counts and the
+    /// chained audit events written at once. Same decisions and events as `lookup_in`;
+    /// any failure fails the batch, which then runs again isolated (`lookup_batch`).
+    async fn lookup_batch_fast(
+        &self,
+        jobs: &[LookupJob],
+    ) -> Result<Vec<std::result::Result<LookupOutcome, String>>> {
+        let mut tx = self.begin_write().await?;
+        let (mut seq, mut hash) = lock_head(&mut tx).await?;
+        let mut ids: Vec<&str> = jobs.iter().map(|j| j.consent_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut consents = load_consents(&mut tx, &ids).await?;
+        let mut policies = Policies::new();
+        let mut purposes = Purposes::new();
+        let now = now_millis();
+        // Pass 1: decide, in order.
+        let mut decided = Vec::with_capacity(jobs.len());
+        let mut used: HashMap<String, i64> = HashMap::new();
+        for job in jobs {
+            let department = job.caseworker.department.as_ref().ok_or_else(|| {
+                StoreError::Forbidden("only a caseworker of a department looks up".into())
+            })?;
+            let consent = consents.get(&job.consent_id).cloned();
+            let purpose = match &consent {
+                Some(consent) => match purposes.get(&consent.purpose) {
+                    Some(purpose) => purpose.clone(),
+                    None => {
+                        let purpose = purpose_in(&mut tx, &consent.purpose).await?.map(Arc::new);
+                        purposes.insert(consent.purpose.clone(), purpose.clone());
+                        purpose
+                    }
+                },
+                None => None,
+            };
+            let mut decision = Ok(());
+            for record_type in &job.record_types {
+                let request = LookupRequest {
+                    caseworker: &job.caseworker.actor_id,
+                    department,
+                    subject: &job.subject,
+                    record_type,
+                    purpose: &job.purpose,
+                    fields: job.fields.as_deref(),
+                    now_millis: now,
+                };
+                decision = match &consent {
+                    None => Err(LookupRefusal::ConsentNotFound),
+                    Some(consent) => consent.check_lookup(&request, purpose.as_deref()),
+                };
+                if decision.is_err() {
+                    break;
+                }
+            }
+            let consent = match (&decision, consent) {
+                (Ok(()), Some(mut consent)) => {
+                    consent.uses += 1;
+                    if let Some(stored) = consents.get_mut(&job.consent_id) {
+                        stored.uses += 1;
+                    }
+                    *used.entry(job.consent_id.clone()).or_default() += 1;
+                    Some(consent)
+                }
+                (_, consent) => consent,
+            };
+            decided.push((department, consent, purpose, decision));
+        }
+        // Pass 2: the certificates the allowed lookups release, read at once.
+        let mut whose_of = Vec::with_capacity(jobs.len());
+        let mut subjects: Vec<String> = Vec::new();
+        for (job, (_, consent, purpose, decision)) in jobs.iter().zip(&decided) {
+            let mut whose = Vec::new();
+            if let (Ok(()), Some(consent), Some(purpose)) = (decision, consent, purpose) {
+                for record_type in &job.record_types {
+                    let person = match purpose.whose(record_type) {
+                        Whose::Subject => job.subject.clone(),
+                        Whose::Grantor => consent.granted_by.clone(),
+                    };
+                    subjects.push(person.clone());
+                    whose.push(person);
+                }
+            }
+            whose_of.push(whose);
+        }
+        subjects.sort_unstable();
+        subjects.dedup();
+        let certificates = current_certificates_of(&mut tx, &subjects).await?;
+        // Pass 3: release and audit, in order.
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for ((job, (department, consent, purpose, decision)), whose) in
+            jobs.iter().zip(decided).zip(whose_of)
+        {
+            let audit_purpose = consent
+                .as_ref()
+                .filter(|c| &c.requester_department == department)
+                .map(|c| c.purpose.to_string());
+            let event = |subject: &str, detail: serde_json::Value| NewAuditEvent {
+                kind: "lookup".into(),
+                actor: job.caseworker.actor_id.clone(),
+                department: Some(department.to_string()),
+                subject_ref: Some(self.pseudonym(subject)),
+                consent_id: Some(job.consent_id.clone()),
+                purpose: audit_purpose.clone(),
+                outcome: "allowed".into(),
+                reason: None,
+                detail,
+            };
+            match (decision, consent, purpose) {
+                (Ok(()), Some(consent), Some(purpose)) => {
+                    let mut released = Vec::new();
+                    for (record_type, person) in job.record_types.iter().zip(&whose) {
+                        let policy = self
+                            .release_policy(&mut tx, &consent, record_type, &mut policies)
+                            .await?;
+                        let found: Vec<ReleasedCertificate> = certificates
+                            .get(&(person.clone(), record_type.to_string()))
+                            .cloned()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|certificate| ReleasedCertificate {
+                                fields: consent.release_fields(
+                                    certificate.fields,
+                                    &policy,
+                                    &purpose,
+                                    record_type,
+                                    job.fields.as_deref(),
+                                ),
+                                ..certificate
+                            })
+                            .collect();
+                        let mut detail = json!({
+                            "record_type": record_type,
+                            "certificate_ids": found.iter().map(|c| &c.certificate_id).collect::<Vec<_>>(),
+                        });
+                        if job.record_types.len() > 1 {
+                            detail["bundle"] = json!(job.record_types);
+                        }
+                        let audited = chained(event(person, detail), seq + 1, &hash);
+                        (seq, hash) = (audited.seq, audited.hash.clone());
+                        events.push(audited);
+                        released.extend(found);
+                    }
+                    outcomes.push(Ok(LookupOutcome::Allowed {
+                        consent: Box::new(consent),
+                        certificates: released,
+                        audit_seq: seq,
+                    }));
+                }
+                (decision, _, _) => {
+                    let refusal = decision.err().unwrap_or(LookupRefusal::ConsentNotFound);
+                    let mut refused =
+                        event(&job.subject, json!({ "record_types": job.record_types }));
+                    refused.outcome = "refused".into();
+                    refused.reason = Some(refusal.code().into());
+                    let audited = chained(refused, seq + 1, &hash);
+                    (seq, hash) = (audited.seq, audited.hash.clone());
+                    events.push(audited);
+                    outcomes.push(Ok(LookupOutcome::Refused {
+                        refusal,
+                        audit_seq: seq,
+                    }));
+                }
+            }
+        }
+        // Pass 4: the writes.
+        add_uses(&mut tx, &used).await?;
+        insert_chained(&mut tx, &events).await?;
+        set_head(&mut tx, seq, &hash).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Runs a batch in one transaction. `isolate`: each lookup inside its own savepoint,
+    /// so one that fails (a database error on its rows, say) is rolled back alone and
+    /// audited as `failed`, and the others of the batch commit as if it had never been
+    /// there. Without it, the first failure fails the batch (and nothing is committed).
     async fn lookup_batch(
         &self,
         jobs: &[LookupJob],
+        isolate: bool,
     ) -> Result<Vec<std::result::Result<LookupOutcome, String>>> {
         let mut tx = self.begin_write().await?;
         let (mut seq, mut hash) = lock_head(&mut tx).await?;
@@ -677,6 +868,15 @@ impl Store {
         let mut policies = Policies::new();
         let mut purposes = Purposes::new();
         for job in jobs {
+            if !isolate {
+                let (outcome, event) = self
+                    .lookup_in(&mut tx, job, seq + 1, &hash, &mut policies, &mut purposes)
+                    .await?;
+                seq = event.seq;
+                hash = event.hash;
+                outcomes.push(Ok(outcome));
+                continue;
+            }
             tx.savepoint().await?;
             match self
                 .lookup_in(&mut tx, job, seq + 1, &hash, &mut policies, &mut purposes)
@@ -882,6 +1082,134 @@ impl Store {
         };
         Ok(outcome)
     }
+}
+
+/// The consents named `ids`, read in one statement; on PostgreSQL locked until the
+/// transaction ends, so a hub's batch decides on counts no other hub can move.
+async fn load_consents(
+    tx: &mut WriteTransaction,
+    ids: &[&str],
+) -> Result<HashMap<String, Consent>> {
+    let rows: Vec<Consent> = match tx {
+        WriteTransaction::Postgres(transaction) => {
+            let sql = format!(
+                "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = ANY($1) ORDER BY consent_id FOR UPDATE"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(ids)
+                .fetch_all(&mut **transaction)
+                .await?;
+            rows.iter().map(consent_from_row).collect::<Result<_>>()?
+        }
+        WriteTransaction::Sqlite { transaction, .. } => {
+            let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in ids {
+                query = query.bind(*id);
+            }
+            let rows = query.fetch_all(&mut **transaction).await?;
+            rows.iter().map(consent_from_row).collect::<Result<_>>()?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|consent| (consent.consent_id.clone(), consent))
+        .collect())
+}
+
+/// Counts the uses a batch made of each consent, in one statement on PostgreSQL.
+async fn add_uses(tx: &mut WriteTransaction, used: &HashMap<String, i64>) -> Result<()> {
+    if used.is_empty() {
+        return Ok(());
+    }
+    match tx {
+        WriteTransaction::Postgres(transaction) => {
+            let (ids, counts): (Vec<&str>, Vec<i64>) =
+                used.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
+            sqlx::query(
+                "UPDATE consents SET uses = consents.uses + u.n
+                 FROM UNNEST($1::text[], $2::bigint[]) AS u(id, n) WHERE consents.consent_id = u.id",
+            )
+            .bind(ids)
+            .bind(counts)
+            .execute(&mut **transaction)
+            .await?;
+        }
+        WriteTransaction::Sqlite { transaction, .. } => {
+            for (id, n) in used {
+                sqlx::query("UPDATE consents SET uses = uses + $1 WHERE consent_id = $2")
+                    .bind(n)
+                    .bind(id)
+                    .execute(&mut **transaction)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The current version of every certificate of `subjects`, by (subject, record type).
+async fn current_certificates_of(
+    tx: &mut WriteTransaction,
+    subjects: &[String],
+) -> Result<HashMap<(String, String), Vec<ReleasedCertificate>>> {
+    let mut found: HashMap<(String, String), Vec<ReleasedCertificate>> = HashMap::new();
+    if subjects.is_empty() {
+        return Ok(found);
+    }
+    const COLUMNS: &str =
+        "SELECT c.certificate_id, c.current_record_id, c.record_type, c.department_id, c.signed_at,
+                 c.status, c.superseded_by, c.subject_id, r.fields
+             FROM certificates c JOIN records r ON r.record_id = c.current_record_id";
+    let rows: Vec<ReleasedCertificate> = match tx {
+        WriteTransaction::Postgres(transaction) => {
+            let rows = sqlx::query(&format!(
+                "{COLUMNS} WHERE c.subject_id = ANY($1) ORDER BY c.signed_at"
+            ))
+            .bind(subjects)
+            .fetch_all(&mut **transaction)
+            .await?;
+            rows.iter().map(released_from_row).collect::<Result<_>>()?
+        }
+        WriteTransaction::Sqlite { transaction, .. } => {
+            let placeholders: Vec<String> = (1..=subjects.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "{COLUMNS} WHERE c.subject_id IN ({}) ORDER BY c.signed_at",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for subject in subjects {
+                query = query.bind(subject);
+            }
+            let rows = query.fetch_all(&mut **transaction).await?;
+            rows.iter().map(released_from_row).collect::<Result<_>>()?
+        }
+    };
+    for certificate in rows {
+        found
+            .entry((certificate.subject.clone(), certificate.record_type.clone()))
+            .or_default()
+            .push(certificate);
+    }
+    Ok(found)
+}
+
+fn released_from_row(row: &impl RowExt) -> Result<ReleasedCertificate> {
+    Ok(ReleasedCertificate {
+        certificate_id: text(row, "certificate_id")?,
+        record_id: text(row, "current_record_id")?,
+        record_type: text(row, "record_type")?,
+        issuing_department: text(row, "department_id")?,
+        subject: text(row, "subject_id")?,
+        signed_at_millis: integer(row, "signed_at")?,
+        status: text(row, "status")?,
+        superseded_by: optional_text(row, "superseded_by")?,
+        fields: row.fields("fields")?,
+    })
 }
 
 /// The current version of each of `subject`'s certificates of `record_type`.

@@ -499,6 +499,16 @@ impl Store {
         }
     }
 
+    /// Refreshes the query planner's statistics (`ANALYZE`), as autovacuum does on its
+    /// own schedule: after a bulk load, until it has, PostgreSQL plans a lookup of a few
+    /// rows as if the table held thousands per subject.
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        on_pool!(self, |pool| {
+            sqlx::query("ANALYZE").execute(pool).await?;
+        });
+        Ok(())
+    }
+
     pub async fn close(&self) {
         on_pool!(self, |pool| pool.close().await)
     }
