@@ -855,6 +855,46 @@ async fn delegates_grant_within_scope(db: Db) {
         )
         .await;
     assert_eq!(status, 403);
+    // A delegate previews a department's request only within the delegation's scope:
+    // nothing of the principal's beyond it.
+    let caseworker = env.caseworker_token("human_resources").await;
+    let ask = |record_type: &str, purpose: &str| json!({ "subject": elder, "record_types": [record_type], "purpose": purpose });
+    let (status, inside) = hub
+        .post(
+            "/v1/consent-requests",
+            &caseworker,
+            ask(id_card, "medical_insurance_enrolment"),
+        )
+        .await;
+    assert_eq!(status, 201, "{inside}");
+    let (status, outside) = hub
+        .post(
+            "/v1/consent-requests",
+            &caseworker,
+            ask("tax.tax_payment_certificate", "housing_loan_assessment"),
+        )
+        .await;
+    assert_eq!(status, 201, "{outside}");
+    let preview = |request: &Value| {
+        format!(
+            "/v1/consent-requests/{}/preview",
+            request["request_id"].as_str().unwrap()
+        )
+    };
+    assert_eq!(hub.get(&preview(&inside), &relative_token).await.0, 200);
+    assert_eq!(hub.get(&preview(&outside), &relative_token).await.0, 404);
+    let (_, listed) = hub.get("/v1/consent-requests", &relative_token).await;
+    let listed: Vec<&Value> = listed["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["request_id"])
+        .collect();
+    assert_eq!(
+        listed,
+        vec![&inside["request_id"]],
+        "only what the delegate may decide"
+    );
     // The principal revokes it: the next grant is refused.
     let id = delegation["delegation_id"].as_str().unwrap();
     let (status, revoked) = hub
@@ -911,6 +951,9 @@ async fn delegates_grant_within_scope(db: Db) {
                 "refused",
                 Some("not_subject_or_guardian")
             ),
+            step("consent_requested", "recorded", None),
+            step("consent_requested", "recorded", None),
+            step("consent_request_previewed", "recorded", None),
             step("delegation_revoked", "recorded", None),
             step("consent_granted", "refused", Some("delegation_revoked")),
         ],

@@ -247,24 +247,29 @@ impl Store {
         Ok(created)
     }
 
-    /// Whether `citizen` may decide for `subject`: the subject, a guardian of the minor
-    /// subject, or a delegate with a live delegation (its scope is checked on approval).
-    async fn may_act_for(&self, citizen: &ResidentId, subject: &str) -> Result<bool> {
+    /// Whether `citizen` may decide `request`: its subject, a guardian of the minor
+    /// subject, or a delegate whose live delegation covers the request's record types
+    /// and purpose (a delegate sees nothing of the principal beyond its scope).
+    async fn may_decide(&self, citizen: &ResidentId, request: &ConsentRequest) -> Result<bool> {
+        let subject = request.subject.as_str();
         if citizen.as_str() == subject {
             return Ok(true);
         }
-        let today = CivilDate::from_unix_millis_cst(now_millis());
+        let now = now_millis();
+        let today = CivilDate::from_unix_millis_cst(now);
         let minor = ResidentId::parse_on(subject, today)
             .is_ok_and(|id| id.birth_date().years_until(today) < 18);
         if minor && self.is_guardian_of(citizen.as_str(), subject).await? {
             return Ok(true);
         }
-        let now = now_millis();
-        Ok(self
-            .delegations_between(subject, citizen.as_str())
-            .await?
-            .iter()
-            .any(|d| d.revoked_at_millis.is_none() && now < d.expires_at_millis))
+        let delegations = self.delegations_between(subject, citizen.as_str()).await?;
+        Ok(datarun_domain::delegation::judge_delegated_grant(
+            &delegations,
+            &request.record_types,
+            &request.purpose,
+            now,
+        )
+        .is_ok())
     }
 
     async fn load_request(&self, request_id: &str) -> Result<Option<ConsentRequest>> {
@@ -291,7 +296,7 @@ impl Store {
             return Ok(None);
         };
         let visible = match (&viewer.resident_id, &viewer.department) {
-            (Some(citizen), _) => self.may_act_for(citizen, &request.subject).await?,
+            (Some(citizen), _) => self.may_decide(citizen, &request).await?,
             (None, Some(department)) => department == &request.requester_department,
             _ => false,
         };
@@ -326,13 +331,20 @@ impl Store {
         );
         let mut requests = Vec::new();
         for subject in subjects.iter().take(50) {
+            if requests.len() >= 200 {
+                break;
+            }
             let found: Vec<ConsentRequest> = on_pool!(self, |pool| {
                 let rows = sqlx::query(&sql).bind(subject).fetch_all(pool).await?;
                 rows.iter()
                     .map(request_from_row)
                     .collect::<Result<Vec<_>>>()?
             });
-            requests.extend(found);
+            for request in found {
+                if self.may_decide(citizen, &request).await? {
+                    requests.push(request);
+                }
+            }
         }
         requests.sort_by_key(|r| std::cmp::Reverse(r.created_at_millis));
         requests.truncate(200);
