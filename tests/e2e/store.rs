@@ -197,6 +197,42 @@ async fn batch_rules(db: Db) {
         store.wards_of("440104198503125841").await.unwrap(),
         vec!["440303201506303948".to_owned()]
     );
+    // New versions naming another guardian replace the guardians: the one the earlier
+    // versions named is no longer the subject's guardian, though those versions stay.
+    let renamed = |offset, id, certificate, signed_at| {
+        let mut item = record(offset, id, certificate, "health", signed_at, id);
+        if let Verdict::Accept(record) = &mut item.verdict {
+            record.guardians = vec!["440104198001010013".into()];
+        }
+        item
+    };
+    let outcomes = store
+        .store_batch(&[
+            renamed(10, "health-a3", "CERT-A", 600),
+            renamed(11, "health-b2", "CERT-B", 400),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(codes(&outcomes), vec!["stored", "stored"]);
+    assert!(!store
+        .is_guardian_of("440104198503125841", "440303201506303948")
+        .await
+        .unwrap());
+    assert!(store
+        .wards_of("440104198503125841")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .is_guardian_of("440104198001010013", "440303201506303948")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.wards_of("440104198001010013").await.unwrap(),
+        vec!["440303201506303948".to_owned()]
+    );
+    assert_eq!(store.record_counts().await.unwrap().0, 5);
+    assert_eq!(store.dangling_references().await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,11 +338,13 @@ async fn skeleton_database_migrates(db: Db) {
                 .map(|(c, t)| (c.to_string(), t.to_string()))
                 .collect();
             assert_eq!(types, expected);
-            // Without a foreign key there, a guardian of no certificate is found.
-            sqlx::query("INSERT INTO certificate_guardians VALUES ('CERT-GONE', 'g', 's')")
-                .execute(&pool)
-                .await
-                .unwrap();
+            // Without a foreign key there, a guardian of no stored version is found.
+            sqlx::query(
+                "INSERT INTO certificate_guardians (guardian_id, feed_seq) VALUES ('g', 987654321)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
             let store = datarun_store::Store::connect(&url, vec![5; 32])
                 .await
                 .unwrap();

@@ -418,10 +418,8 @@ impl Ingest {
                         "batch handled"
                     );
                     faults::hit("ingest.before_offsets");
-                    for incoming in batch.iter() {
-                        if let Err(error) = consumer.acknowledge(incoming) {
-                            tracing::warn!(%error, "storing the offset failed; the record may be redelivered");
-                        }
+                    if let Err(error) = consumer.acknowledge(&batch) {
+                        tracing::warn!(%error, "storing the offsets failed; the batch's records may be redelivered");
                     }
                     faults::hit("ingest.after_offsets_stored");
                     return;

@@ -567,19 +567,30 @@ impl IngestConsumer {
         })
     }
 
-    /// Marks a message done: its offset will be committed. Call only after the
-    /// record is durably handled (stored, or dead-lettered and audited).
-    pub fn acknowledge(&self, incoming: &IncomingRecord) -> Result<()> {
-        match self
-            .consumer()?
-            .store_offset(&incoming.topic, incoming.partition, incoming.offset)
-        {
-            Ok(()) => Ok(()),
-            // The partition moved to another instance during a rebalance: it will
-            // redeliver the message, and storing is idempotent.
-            Err(rdkafka::error::KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
-            Err(error) => Err(error.into()),
+    /// Marks every message of `handled` done: their offsets will be committed. Call
+    /// only after all of them are durably handled (stored, or dead-lettered and
+    /// audited). Stores one offset per partition, the highest, which covers the others.
+    pub fn acknowledge(&self, handled: &[IncomingRecord]) -> Result<()> {
+        let mut highest: Vec<(&str, i32, i64)> = Vec::new();
+        for incoming in handled {
+            match highest.iter_mut().find(|(topic, partition, _)| {
+                *partition == incoming.partition && *topic == incoming.topic
+            }) {
+                Some(entry) => entry.2 = entry.2.max(incoming.offset),
+                None => highest.push((&incoming.topic, incoming.partition, incoming.offset)),
+            }
         }
+        let consumer = self.consumer()?;
+        for (topic, partition, offset) in highest {
+            match consumer.store_offset(topic, partition, offset) {
+                Ok(()) => {}
+                // The partition moved to another instance during a rebalance: it will
+                // redeliver the messages, and storing is idempotent.
+                Err(rdkafka::error::KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Sends the stored offsets' commit now (on shutdown) without waiting for the broker:

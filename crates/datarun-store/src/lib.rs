@@ -225,6 +225,18 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0014_consent_requests.sql"),
             ),
         };
+        let guardians = match self.0 {
+            Backend::Sqlite => migration(
+                15,
+                "guardians by guardian",
+                include_str!("../migrations/sqlite/0015_guardians_by_guardian.sql"),
+            ),
+            Backend::Postgres => migration(
+                15,
+                "guardians by guardian",
+                include_str!("../migrations/postgres/0015_guardians_by_guardian.sql"),
+            ),
+        };
         let native = match self.0 {
             Backend::Sqlite => migration(
                 3,
@@ -269,6 +281,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 delegations,
                 proofs,
                 requests,
+                guardians,
             ])
         })
     }
@@ -340,6 +353,8 @@ pub struct Store {
     pseudonym_key: std::sync::Arc<Vec<u8>>,
     /// Serialises this process's SQLite writers (see `begin_write`).
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the one connection every write transaction runs on (see `begin_write`).
+    sqlite_write_pool: Option<SqlitePool>,
     /// The queue of the lookup worker, started on the first lookup.
     lookup_queue:
         std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<consents::LookupJob>>>,
@@ -376,10 +391,11 @@ pub fn fill_random(bytes: &mut [u8]) -> Result<()> {
 impl Store {
     /// Connects to `sqlite://path` (created when missing) or `postgres://…`, and migrates.
     pub async fn connect(url: &str, pseudonym_key: Vec<u8>) -> Result<Self> {
-        let pool = if url.starts_with("sqlite:") {
-            Pool::Sqlite(connect_sqlite(url).await?)
+        let (pool, sqlite_write_pool) = if url.starts_with("sqlite:") {
+            let (readers, writer) = connect_sqlite(url).await?;
+            (Pool::Sqlite(readers), Some(writer))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Pool::Postgres(connect_postgres(url).await?)
+            (Pool::Postgres(connect_postgres(url).await?), None)
         } else {
             return Err(StoreError::Invalid(format!(
                 "database url must start with sqlite: or postgres:, got {}",
@@ -390,6 +406,7 @@ impl Store {
             pool,
             pseudonym_key: std::sync::Arc::new(pseudonym_key),
             sqlite_writer: std::sync::Arc::default(),
+            sqlite_write_pool,
             lookup_queue: std::sync::Arc::default(),
             version_fields: schemas::VersionFieldCache::default(),
             token_cache: std::sync::Arc::default(),
@@ -426,6 +443,7 @@ impl Store {
         Ok(match &self.pool {
             Pool::Sqlite(pool) => {
                 let writer = self.sqlite_writer.clone().lock_owned().await;
+                let pool = self.sqlite_write_pool.as_ref().unwrap_or(pool);
                 let transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
                 WriteTransaction::Sqlite {
                     transaction,
@@ -510,6 +528,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self.sqlite_write_pool {
+            writer.close().await;
+        }
         on_pool!(self, |pool| pool.close().await)
     }
 }
@@ -524,8 +545,13 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// when no hub runs `Store::run_checkpoints` (a one-shot command) or it falls behind.
 const WAL_BACKSTOP_PAGES: &str = "100000";
 
-/// Opens the SQLite file (created when missing) and migrates it.
-async fn connect_sqlite(url: &str) -> Result<SqlitePool> {
+/// Opens the SQLite file (created when missing) and migrates it. Returns the pool
+/// readers share and the one connection write transactions run on: SQLite empties a
+/// connection's page cache whenever another connection has written since its last
+/// transaction, so writes alternating over a pool's connections read the index pages
+/// they change back from the log and the file every time, while one writer connection
+/// keeps them cached from one transaction to the next.
+async fn connect_sqlite(url: &str) -> Result<(SqlitePool, SqlitePool)> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
@@ -543,7 +569,7 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePool> {
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+        .connect_with(options.clone())
         .await?;
     // Rebuilding a table (migration 0003) needs foreign keys off, as SQLite's own
     // procedure says, and that can only be set outside a transaction: the migrations
@@ -572,7 +598,15 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePool> {
     .await;
     connection.detach();
     migrated?;
-    Ok(pool)
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok((pool, writer))
 }
 
 /// Connects to the PostgreSQL database and migrates it.

@@ -205,7 +205,12 @@ impl Store {
         let mut newest: BTreeMap<&str, &StoredRecord> = BTreeMap::new();
         let mut new_rejections: Vec<NewRejection<'_>> = Vec::new();
         for item in items {
-            if let Some(earlier) = recorded.get(&source_key(&item.source)) {
+            let earlier = if recorded.is_empty() {
+                None
+            } else {
+                recorded.get(&source_key(&item.source))
+            };
+            if let Some(earlier) = earlier {
                 outcomes.push(IngestOutcome::Rejected {
                     rejection: earlier.rejection.clone(),
                     dead_lettered: earlier.dead_lettered,
@@ -355,8 +360,12 @@ impl Store {
     }
 
     /// Writes the batch's new record versions, makes the newest of each certificate
-    /// current and replaces its guardians. SQLite: multi-row `VALUES`; PostgreSQL: one
-    /// statement per table, from `UNNEST` of one array per column.
+    /// current and adds the guardians each version names. A guardian row names the
+    /// version by its change-feed position and counts only while that version is
+    /// current, so nothing is deleted here. Certificates and guardians are written in
+    /// key order (each insert then lands next to the one before in the B-tree). SQLite:
+    /// multi-row `VALUES`; PostgreSQL: one statement per table, from `UNNEST` of one
+    /// array per column.
     async fn insert_records(
         &self,
         tx: &mut WriteTransaction,
@@ -365,17 +374,13 @@ impl Store {
         first_feed_seq: i64,
         now: i64,
     ) -> Result<()> {
-        let guardians: Vec<(&str, &str, &str)> = latest
+        let mut guardians: Vec<(&str, i64)> = records
             .iter()
-            .flat_map(|r| {
-                let mut unique: Vec<&String> = r.guardians.iter().collect();
-                unique.sort();
-                unique.dedup();
-                unique
-                    .into_iter()
-                    .map(move |g| (r.certificate_id.as_str(), g.as_str(), r.subject.as_str()))
-            })
+            .zip(first_feed_seq..)
+            .flat_map(|(r, feed_seq)| r.guardians.iter().map(move |g| (g.as_str(), feed_seq)))
             .collect();
+        guardians.sort_unstable();
+        guardians.dedup();
         match tx {
             WriteTransaction::Sqlite { transaction, .. } => {
                 insert_records_sqlite(
@@ -599,16 +604,17 @@ impl Store {
         })
     }
 
-    /// Rows that point at nothing: certificates whose current record is not stored and
-    /// guardians of certificates that are not stored. Always 0; PostgreSQL does not
-    /// enforce these two references with foreign keys (migration 0003 says why).
+    /// Rows that point at nothing: certificates whose current record is not stored, and
+    /// guardians of versions that are not stored. Always 0; these
+    /// references are not foreign keys (PostgreSQL migration 0003 and migration 0015
+    /// say why).
     pub async fn dangling_references(&self) -> Result<i64> {
         on_pool!(self, |pool| {
             let row = sqlx::query(
                 "SELECT (SELECT COUNT(*) FROM certificates c
                          WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.record_id = c.current_record_id))
                       + (SELECT COUNT(*) FROM certificate_guardians g
-                         WHERE NOT EXISTS (SELECT 1 FROM certificates c WHERE c.certificate_id = g.certificate_id))
+                         WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.feed_seq = g.feed_seq))
                       AS n",
             )
             .fetch_one(pool)
@@ -621,7 +627,10 @@ impl Store {
     pub async fn is_guardian_of(&self, guardian: &str, subject: &str) -> Result<bool> {
         on_pool!(self, |pool| {
             let row = sqlx::query(
-                "SELECT COUNT(*) AS n FROM certificate_guardians WHERE guardian_id = $1 AND subject_id = $2",
+                "SELECT COUNT(*) AS n FROM certificate_guardians g
+                 JOIN records r ON r.feed_seq = g.feed_seq
+                 JOIN certificates c ON c.certificate_id = r.certificate_id AND c.current_record_id = r.record_id
+                 WHERE g.guardian_id = $1 AND r.subject_id = $2",
             )
             .bind(guardian)
             .bind(subject)
@@ -635,7 +644,10 @@ impl Store {
     pub async fn wards_of(&self, guardian: &str) -> Result<Vec<String>> {
         on_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT DISTINCT subject_id FROM certificate_guardians WHERE guardian_id = $1",
+                "SELECT DISTINCT r.subject_id FROM certificate_guardians g
+                 JOIN records r ON r.feed_seq = g.feed_seq
+                 JOIN certificates c ON c.certificate_id = r.certificate_id AND c.current_record_id = r.record_id
+                 WHERE g.guardian_id = $1",
             )
             .bind(guardian)
             .fetch_all(pool)
@@ -749,7 +761,7 @@ async fn insert_records_sqlite(
     conn: &mut sqlx::SqliteConnection,
     records: &[&StoredRecord],
     latest: &[&StoredRecord],
-    guardians: &[(&str, &str, &str)],
+    guardians: &[(&str, i64)],
     first_feed_seq: i64,
     now: i64,
 ) -> Result<()> {
@@ -811,24 +823,15 @@ async fn insert_records_sqlite(
                 .bind(&record.superseded_by);
         }
         query.execute(&mut *conn).await?;
-        let sql = format!(
-            "DELETE FROM certificate_guardians WHERE certificate_id IN ({})",
-            parameter_list(chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for record in chunk {
-            query = query.bind(&record.certificate_id);
-        }
-        query.execute(&mut *conn).await?;
     }
     for chunk in guardians.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id) VALUES {}",
-            placeholders(chunk.len(), 3)
+            "INSERT INTO certificate_guardians (guardian_id, feed_seq) VALUES {}",
+            placeholders(chunk.len(), 2)
         );
         let mut query = sqlx::query(&sql);
-        for (certificate, guardian, subject) in chunk {
-            query = query.bind(*certificate).bind(*guardian).bind(*subject);
+        for (guardian, feed_seq) in chunk {
+            query = query.bind(*guardian).bind(*feed_seq);
         }
         query.execute(&mut *conn).await?;
     }
@@ -839,7 +842,7 @@ async fn insert_records_postgres(
     conn: &mut sqlx::PgConnection,
     records: &[&StoredRecord],
     latest: &[&StoredRecord],
-    guardians: &[(&str, &str, &str)],
+    guardians: &[(&str, i64)],
     first_feed_seq: i64,
     now: i64,
 ) -> Result<()> {
@@ -910,19 +913,14 @@ async fn insert_records_postgres(
         )
         .execute(&mut *conn)
         .await?;
-        sqlx::query("DELETE FROM certificate_guardians WHERE certificate_id = ANY($1)")
-            .bind(column(latest, |r| r.certificate_id.as_str()))
-            .execute(&mut *conn)
-            .await?;
     }
     if !guardians.is_empty() {
         sqlx::query(
-            "INSERT INTO certificate_guardians (certificate_id, guardian_id, subject_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+            "INSERT INTO certificate_guardians (guardian_id, feed_seq)
+             SELECT * FROM UNNEST($1::text[], $2::int8[])",
         )
         .bind(guardians.iter().map(|g| g.0).collect::<Vec<_>>())
         .bind(guardians.iter().map(|g| g.1).collect::<Vec<_>>())
-        .bind(guardians.iter().map(|g| g.2).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
