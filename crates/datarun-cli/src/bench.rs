@@ -41,6 +41,23 @@ pub struct BenchHub {
     pub store: Store,
     _kafka: BenchKafka,
     pub dir: PathBuf,
+    /// The PostgreSQL database made for this run, and the server to drop it from.
+    postgres: Option<(String, String)>,
+}
+
+impl BenchHub {
+    /// Removes what the run made: its directory (SQLite file, keys, broker log) and its
+    /// PostgreSQL database. A run that fails leaves them, for a look.
+    pub async fn remove(self) -> anyhow::Result<()> {
+        self.store.close().await;
+        drop(self._kafka);
+        if let Some((admin_url, name)) = &self.postgres {
+            Store::drop_postgres_database(admin_url, name).await?;
+        }
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("removing {}", self.dir.display()))?;
+        Ok(())
+    }
 }
 
 /// A fresh hub on `backend` and `broker` with the reference world registered.
@@ -125,11 +142,13 @@ pub async fn fresh_hub(
         &dir,
     )
     .await?;
+    let postgres = (backend == Backend::Postgres).then(|| (postgres_admin_url.to_owned(), name));
     Ok(BenchHub {
         config,
         store,
         _kafka: kafka,
         dir,
+        postgres,
     })
 }
 

@@ -430,5 +430,5 @@ pub async fn lookups(
         Ok(events) => writeln!(out, "  audit chain intact after the run: {events} events")?,
         Err(chain_break) => anyhow::bail!("audit chain broken after the benchmark: {chain_break}"),
     }
-    Ok(())
+    hub.remove().await
 }

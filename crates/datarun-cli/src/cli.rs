@@ -754,7 +754,10 @@ pub async fn run(args: &[String], out: &mut dyn Write) -> anyhow::Result<u8> {
             records,
             postgres_admin_url,
         }) => {
-            crate::bench::ingest(backend, broker, records, &postgres_admin_url, out).await?;
+            crate::bench::ingest(backend, broker, records, &postgres_admin_url, out)
+                .await?
+                .remove()
+                .await?;
             Ok(0)
         }
         Command::Bench(BenchCommand::Lookup {

@@ -434,6 +434,26 @@ impl Store {
         Ok(())
     }
 
+    /// Drops database `name` on the PostgreSQL server at `admin_url`, closing any
+    /// connection still open to it (benchmarks clean up after themselves).
+    pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
+        use sqlx::Connection;
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::Invalid(format!(
+                "database name {name} must be lower-case letters, digits and _"
+            )));
+        }
+        let mut connection = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut connection)
+            .await?;
+        connection.close().await?;
+        Ok(())
+    }
+
     /// Begins a transaction that will write. On SQLite, whose writers are one at a
     /// time anyway, writers of this process queue in order on an in-process lock rather
     /// than in SQLite's sleeping busy handler, then take the database lock at once
