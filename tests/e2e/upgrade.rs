@@ -67,6 +67,7 @@ const SKELETON_ROWS: &[&str] = &[
      '{\"child_name\":\"Li Xiaoming\",\"weight_grams\":3250}', 2000)",
     "INSERT INTO certificates VALUES ('CERT-1', 'health.birth_certificate', 'health', \
      '440303201506303948', 'health-r1', 1000, 2000)",
+    "INSERT INTO certificate_guardians VALUES ('CERT-1', '440104198503125841', '440303201506303948')",
     "INSERT INTO actors VALUES ('caseworker_1', 'caseworker', 'health', NULL, 'Wang', 1)",
     "INSERT INTO consents VALUES ('consent_5ce1e7000000000000000000000000aa', '440303201506303948', '440303201506303948', \
      'health', NULL, 'health.birth_certificate', NULL, 'household_registration', 5, 0, 'active', \
@@ -148,6 +149,19 @@ async fn skeleton_database_migrates(db: Db) {
         (1, 1, 1)
     );
     assert!(store.schema_by_id(1).await.unwrap().is_some());
+    // The guardian the certificate names is still its subject's guardian (migration 0015).
+    assert!(store
+        .is_guardian_of("440104198503125841", "440303201506303948")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.wards_of("440104198503125841").await.unwrap(),
+        vec!["440303201506303948".to_owned()]
+    );
+    assert!(!store
+        .is_guardian_of("440303201506303948", "440104198503125841")
+        .await
+        .unwrap());
     // Keys, tokens and rejections read back in their new types.
     let key = store.trusted_key("health-2026").await.unwrap().unwrap();
     assert_eq!(key.public_key, PUBLIC_KEY);

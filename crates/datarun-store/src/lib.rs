@@ -417,41 +417,16 @@ impl Store {
 
     /// Creates database `name` on the PostgreSQL server at `admin_url` (tests and operators).
     pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<()> {
-        use sqlx::Connection;
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(StoreError::Invalid(format!(
-                "database name {name} must be lower-case letters, digits and _"
-            )));
-        }
-        let mut connection = sqlx::PgConnection::connect(admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut connection)
-            .await?;
-        connection.close().await?;
-        Ok(())
+        on_postgres_server(admin_url, name, |name| format!("CREATE DATABASE {name}")).await
     }
 
     /// Drops database `name` on the PostgreSQL server at `admin_url`, closing any
     /// connection still open to it (benchmarks clean up after themselves).
     pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
-        use sqlx::Connection;
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(StoreError::Invalid(format!(
-                "database name {name} must be lower-case letters, digits and _"
-            )));
-        }
-        let mut connection = sqlx::PgConnection::connect(admin_url).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut connection)
-            .await?;
-        connection.close().await?;
-        Ok(())
+        on_postgres_server(admin_url, name, |name| {
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        })
+        .await
     }
 
     /// Begins a transaction that will write. On SQLite, whose writers are one at a
@@ -564,6 +539,29 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// SQLite's own automatic checkpoint, in pages of 4 KiB (400 MiB of log): only reached
 /// when no hub runs `Store::run_checkpoints` (a one-shot command) or it falls behind.
 const WAL_BACKSTOP_PAGES: &str = "100000";
+
+/// Runs the statement `sql` makes of database `name` (CREATE or DROP DATABASE, which
+/// take no parameters) on the PostgreSQL server at `admin_url`, for a name of lower-case
+/// letters, digits and `_` only.
+async fn on_postgres_server(
+    admin_url: &str,
+    name: &str,
+    sql: impl FnOnce(&str) -> String,
+) -> Result<()> {
+    use sqlx::Connection;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::Invalid(format!(
+            "database name {name} must be lower-case letters, digits and _"
+        )));
+    }
+    let mut connection = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&sql(name)).execute(&mut connection).await?;
+    connection.close().await?;
+    Ok(())
+}
 
 /// Opens the SQLite file (created when missing) and migrates it. Returns the pool
 /// readers share and the one connection write transactions run on: SQLite empties a
