@@ -324,6 +324,18 @@ async fn skeleton_database_migrates(db: Db) {
             .await
             .unwrap();
             assert!(loose.is_empty(), "tables not STRICT: {loose:?}");
+            let (foreign_keys, without_rowid): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM pragma_foreign_key_list('certificates')),
+                        (SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = 'certificates')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                (foreign_keys, without_rowid),
+                (0, 1),
+                "certificates: no foreign key to records since 0016, still WITHOUT ROWID"
+            );
             let wrong = sqlx::query("UPDATE records SET signed_at = 'yesterday'")
                 .execute(&pool)
                 .await;

@@ -152,6 +152,22 @@ pub async fn fresh_hub(
     })
 }
 
+/// The CPU time this process has used so far (user and system, all threads), where
+/// the platform says (Linux: `/proc/self/stat`).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 12th and 13th of them, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture it runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    Some(process_cpu()?.saturating_sub(before?))
+}
+
 pub(crate) fn rate(count: usize, elapsed: Duration) -> String {
     format!("{:>9.0}/s", count as f64 / elapsed.as_secs_f64())
 }
@@ -268,6 +284,7 @@ pub async fn ingest(
         batches.push(std::sync::Arc::new(batch));
     }
     let started = Instant::now();
+    let cpu_before_checks = process_cpu();
     let mut accepted = 0;
     for batch in &batches {
         accepted += ingest
@@ -278,6 +295,7 @@ pub async fn ingest(
             .count();
     }
     let checking = started.elapsed();
+    let checks_cpu = cpu_since(cpu_before_checks);
     drop(batches);
     anyhow::ensure!(
         accepted == count,
@@ -285,6 +303,7 @@ pub async fn ingest(
     );
 
     let started = Instant::now();
+    let cpu_before_ingest = process_cpu();
     let running = app::start(&hub.config, hub.store.clone()).await?;
     let mut first_stored: Option<(Instant, i64)> = None;
     loop {
@@ -306,6 +325,7 @@ pub async fn ingest(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ingesting = started.elapsed();
+    let ingest_cpu = cpu_since(cpu_before_ingest);
     let (steady_since, stored_then) = first_stored.unwrap_or((started, 0));
     let steady = steady_since.elapsed();
     let stage = |micros: &std::sync::atomic::AtomicU64| {
@@ -416,6 +436,15 @@ pub async fn ingest(
         "  pipeline: {batches} batches (~{} records); checks {checks_took:.2?}, store transactions {stores_took:.2?}",
         count / batches.max(1) as usize
     )?;
+    if let (Some(checks_cpu), Some(ingest_cpu)) = (checks_cpu, ingest_cpu) {
+        let per_record = |cpu: Duration| cpu.as_secs_f64() * 1e6 / count as f64;
+        writeln!(
+            out,
+            "  CPU time of this process per record: verify + decode {:.1} µs, end to end {:.1} µs",
+            per_record(checks_cpu),
+            per_record(ingest_cpu),
+        )?;
+    }
     writeln!(
         out,
         "  restart: first record stored after            {:>7.2} s  ({} records in {restart_all:.2?})",

@@ -332,36 +332,65 @@ impl Ingest {
     }
 
     /// Consumes until `shutdown` resolves, in batches of up to `MAX_BATCH` messages
-    /// (whatever has arrived, never waiting to fill one), as a pipeline of two stages
-    /// joined by a queue of `CHECKED_AHEAD` batches: one reads and checks batches
-    /// (signatures and payloads on the blocking pool), the other stores them in the
-    /// order read. Checking never waits for a store transaction unless it is that far
-    /// ahead, so the cores the store leaves idle go to the checks. Offsets are
-    /// acknowledged only after the commit of the batch that holds them, and a batch
-    /// that cannot be checked or stored (database or broker down) is retried with
-    /// backoff, never skipped.
+    /// (whatever has arrived, never waiting to fill one), as a pipeline of three stages
+    /// joined by bounded queues: one reads batches (`READ_AHEAD` may wait), one checks
+    /// them (signatures and payloads on the blocking pool; `CHECKED_AHEAD` may wait),
+    /// and one stores them in the order read. The reader and the store stage are tasks
+    /// of their own: a batch of messages that have already arrived is parsed without
+    /// yielding, and on the store's task that held up its statements, leaving a core
+    /// idle for the time it takes to read a batch. Checking never waits for a store
+    /// transaction unless it is that far ahead, so the cores the store leaves idle go
+    /// to the checks. Offsets are acknowledged only after the commit of the batch that
+    /// holds them, and a batch that cannot be checked or stored (database or broker
+    /// down) is retried with backoff, never skipped.
     pub async fn run(
         self,
         consumer: IngestConsumer,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        let consumer = Arc::new(consumer);
+        let (read, mut to_check) =
+            tokio::sync::mpsc::channel::<Arc<Vec<IncomingRecord>>>(READ_AHEAD);
         let (checked, mut to_store) = tokio::sync::mpsc::channel::<Checked>(CHECKED_AHEAD);
-        let reading = async {
-            loop {
-                let batch = self.read_and_check(&consumer).await;
-                if checked.send(batch).await.is_err() {
+        let reader = AbortOnDrop(tokio::spawn({
+            let consumer = consumer.clone();
+            async move {
+                loop {
+                    let batch = read_batch(&consumer).await;
+                    if read.send(Arc::new(batch)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
+        let store = AbortOnDrop(tokio::spawn({
+            let (ingest, consumer) = (self.clone(), consumer.clone());
+            async move {
+                while let Some(batch) = to_store.recv().await {
+                    ingest.store_with_retry(&consumer, batch).await;
+                }
+            }
+        }));
+        let checking = async {
+            while let Some(batch) = to_check.recv().await {
+                if checked
+                    .send(self.check_with_retry(batch).await)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
         };
-        let storing = async {
-            while let Some(batch) = to_store.recv().await {
-                self.store_with_retry(&consumer, batch).await;
-            }
-        };
         tokio::select! {
             _ = shutdown => {}
-            _ = async { tokio::join!(reading, storing) } => {}
+            _ = checking => {}
+        }
+        // Stop reading, and stop a store transaction still running (it rolls back, and
+        // its batch is redelivered) before the final commit of the offsets stored.
+        for stage in [reader, store] {
+            stage.0.abort();
+            let _ = stage.join().await;
         }
         if let Err(error) = consumer.commit_now() {
             tracing::warn!(%error, "final offset commit failed; uncommitted records will be redelivered");
@@ -375,10 +404,9 @@ impl Ingest {
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
     }
 
-    /// Waits for the next batch and checks it, retrying the checks with backoff while
-    /// the trust registry cannot be read.
-    async fn read_and_check(&self, consumer: &IngestConsumer) -> Checked {
-        let batch = Arc::new(read_batch(consumer).await);
+    /// Checks a batch, retrying the checks with backoff while the trust registry cannot
+    /// be read.
+    async fn check_with_retry(&self, batch: Arc<Vec<IncomingRecord>>) -> Checked {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
@@ -435,6 +463,22 @@ impl Ingest {
 
 fn add_micros(counter: &AtomicU64, since: std::time::Instant) {
     counter.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+}
+
+/// A spawned stage, aborted when dropped (when `run` is, say), so that no stage
+/// outlives the pipeline it belongs to.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> std::result::Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A batch read and checked, waiting for its store transaction.
@@ -503,6 +547,10 @@ pub const MAX_BATCH: usize = 4000;
 /// The most message bytes (key, value and headers) in one batch, so that batches of
 /// large messages stay bounded in memory while they wait to be stored.
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// How many batches read may wait for the checks: one, so the next batch is read while
+/// one is checked.
+const READ_AHEAD: usize = 1;
 
 /// How many checked batches may wait for the store: enough that the checks keep the
 /// cores busy while a transaction commits, few enough to bound memory (each holds up to

@@ -249,8 +249,17 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 include_str!("../migrations/postgres/0003_native_types.sql"),
             ),
         };
+        // SQLite only: PostgreSQL dropped the same foreign key in 0003.
+        let unreferenced = match self.0 {
+            Backend::Sqlite => Some(migration(
+                16,
+                "certificates unreferenced",
+                include_str!("../migrations/sqlite/0016_certificates_unreferenced.sql"),
+            )),
+            Backend::Postgres => None,
+        };
         Box::pin(async move {
-            Ok(vec![
+            let mut migrations = vec![
                 migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
                 migration(
                     2,
@@ -282,7 +291,9 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 proofs,
                 requests,
                 guardians,
-            ])
+            ];
+            migrations.extend(unreferenced);
+            Ok(migrations)
         })
     }
 }
