@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Drops what earlier test and benchmark runs left behind: PostgreSQL databases and temp
-# folders named datarun_<unix seconds>_… or datarun_bench_…, older than an hour.
+# folders named datarun_[<word>_…]<unix seconds or milliseconds>_… (datarun_bench_…,
+# datarun_upgrade_…), older than an hour.
 set -uo pipefail
 cutoff=$(( $(date +%s) - 3600 ))
 admin="${DATARUN_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if command -v psql >/dev/null; then
   psql "$admin" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'datarun\_%'" 2>/dev/null |
     while read -r name; do
-      seconds=$(printf '%s' "$name" | sed -E 's/^datarun_(bench_)?([0-9]+)_.*/\2/')
+      seconds=$(printf '%s' "$name" | sed -E 's/^datarun_([a-z]+_)*([0-9]+)_.*/\2/')
+      # A name without a time is not ours to drop.
+      [[ "$seconds" =~ ^[0-9]+$ ]] || continue
       # Benchmark names carry milliseconds.
       [ "${#seconds}" -gt 11 ] && seconds=$(( seconds / 1000 ))
-      if [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -lt "$cutoff" ]; then
+      if [ "$seconds" -lt "$cutoff" ]; then
         psql "$admin" -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
       fi
     done
