@@ -387,10 +387,15 @@ impl Ingest {
             _ = checking => {}
         }
         // Stop reading, and stop a store transaction still running (it rolls back, and
-        // its batch is redelivered) before the final commit of the offsets stored.
+        // its batch is redelivered) before the final commit of the offsets stored. A stage
+        // that panicked panics the pipeline, as it did when the stages shared its task.
         for stage in [reader, store] {
             stage.0.abort();
-            let _ = stage.join().await;
+            if let Err(ended) = stage.join().await {
+                if ended.is_panic() {
+                    std::panic::resume_unwind(ended.into_panic());
+                }
+            }
         }
         if let Err(error) = consumer.commit_now() {
             tracing::warn!(%error, "final offset commit failed; uncommitted records will be redelivered");

@@ -123,13 +123,6 @@ fn placeholders(rows: usize, columns: usize) -> String {
     sql
 }
 
-/// The newest version of each certificate a batch stores, in certificate id order:
-/// `first` for certificates not stored before the batch, `replacing` for the others.
-struct Latest<'a> {
-    first: Vec<&'a StoredRecord>,
-    replacing: Vec<&'a StoredRecord>,
-}
-
 /// A rejection recorded by an earlier attempt.
 struct RecordedRejection {
     rejection: Rejection,
@@ -206,8 +199,8 @@ impl Store {
             accepted.iter().map(|r| r.certificate_id.as_str()).collect();
         let (mut digests, mut current) =
             stored_versions(&mut tx, &record_ids, &certificate_ids).await?;
-        // Certificates stored before this batch: their newest version replaces the row,
-        // the others' first version inserts one.
+        // Certificates stored before this batch (SQLite inserts the first version of the
+        // others without an upsert).
         let stored_certificates: std::collections::HashSet<String> =
             current.keys().cloned().collect();
         // Decide in order, so later messages in the batch see earlier ones.
@@ -293,13 +286,11 @@ impl Store {
         }
         let now = now_millis();
         let first_feed_seq = crate::feed::allocate(&mut tx, to_store.len()).await?;
-        let (replacing, first): (Vec<&StoredRecord>, Vec<&StoredRecord>) = newest
-            .into_values()
-            .partition(|record| stored_certificates.contains(&record.certificate_id));
         self.insert_records(
             &mut tx,
             &to_store,
-            Latest { first, replacing },
+            newest.into_values().collect(),
+            &stored_certificates,
             first_feed_seq,
             now,
         )
@@ -384,7 +375,8 @@ impl Store {
         &self,
         tx: &mut WriteTransaction,
         records: &[&StoredRecord],
-        latest: Latest<'_>,
+        latest: Vec<&StoredRecord>,
+        stored_certificates: &std::collections::HashSet<String>,
         first_feed_seq: i64,
         now: i64,
     ) -> Result<()> {
@@ -397,10 +389,16 @@ impl Store {
         guardians.dedup();
         match tx {
             WriteTransaction::Sqlite { transaction, .. } => {
+                // A certificate's first version is a plain insert (see
+                // `insert_records_sqlite`), the others an upsert.
+                let (replacing, first): (Vec<&StoredRecord>, Vec<&StoredRecord>) = latest
+                    .into_iter()
+                    .partition(|record| stored_certificates.contains(&record.certificate_id));
                 insert_records_sqlite(
                     transaction,
                     records,
-                    &latest,
+                    &first,
+                    &replacing,
                     &guardians,
                     first_feed_seq,
                     now,
@@ -408,14 +406,9 @@ impl Store {
                 .await
             }
             WriteTransaction::Postgres(transaction) => {
-                // One upsert for both: another hub may store a certificate's first
-                // version at the same time, and the upsert's guard settles which is current.
-                let Latest {
-                    first,
-                    replacing: mut latest,
-                } = latest;
-                latest.extend(first);
-                latest.sort_unstable_by(|a, b| a.certificate_id.cmp(&b.certificate_id));
+                // An upsert for every certificate: another hub may store a certificate's
+                // first version at the same time, and the upsert's guard settles which
+                // is current.
                 insert_records_postgres(
                     transaction,
                     records,
@@ -788,7 +781,8 @@ async fn stored_versions(
 async fn insert_records_sqlite(
     conn: &mut sqlx::SqliteConnection,
     records: &[&StoredRecord],
-    latest: &Latest<'_>,
+    first: &[&StoredRecord],
+    replacing: &[&StoredRecord],
     guardians: &[(&str, i64)],
     first_feed_seq: i64,
     now: i64,
@@ -824,7 +818,7 @@ async fn insert_records_sqlite(
     }
     // A plain insert for a certificate's first version: the upsert's update clause
     // aborts on a conflict, and so needs a statement journal (see above).
-    for chunk in latest.first.chunks(ROWS_PER_STATEMENT) {
+    for chunk in first.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT OR FAIL INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
                  signed_at, updated_at, status, superseded_by)
@@ -835,7 +829,7 @@ async fn insert_records_sqlite(
             .execute(&mut *conn)
             .await?;
     }
-    for chunk in latest.replacing.chunks(ROWS_PER_STATEMENT) {
+    for chunk in replacing.chunks(ROWS_PER_STATEMENT) {
         // The WHERE guard keeps the newest version current, as on PostgreSQL (here the
         // writer lock, held since the batch read the stored versions, ensures it too).
         let sql = format!(
