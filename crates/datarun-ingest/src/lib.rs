@@ -6,6 +6,10 @@
 //! dead letters follow, and the Kafka offsets only after all of that. A crash at any
 //! point redelivers rather than loses, and redelivery is idempotent.
 
+mod checkers;
+
+use checkers::CheckPool;
+pub use checkers::CHECK_NICENESS;
 use datarun_domain::date::CivilDate;
 use datarun_domain::{RejectReason, Rejection, SignedRecord};
 use datarun_kafka::{DeadLetterPublisher, IncomingRecord, IngestConsumer};
@@ -87,9 +91,8 @@ pub struct Ingest {
     settings: IngestSettings,
     schemas: Arc<Mutex<SchemaCache>>,
     pub stats: Arc<IngestStats>,
-    /// One permit per core, shared by the check pieces and the store stage.
-    cores: Arc<tokio::sync::Semaphore>,
-    cores_total: usize,
+    /// The threads that run the checks' CPU work, below the rest of the hub's priority.
+    checkers: Arc<CheckPool>,
 }
 
 impl Ingest {
@@ -104,8 +107,7 @@ impl Ingest {
             settings,
             schemas: Arc::default(),
             stats: Arc::default(),
-            cores: Arc::new(tokio::sync::Semaphore::new(cores)),
-            cores_total: cores,
+            checkers: Arc::new(CheckPool::start(cores)),
         }
     }
 
@@ -192,68 +194,39 @@ impl Ingest {
         let received_at = datarun_store::now_millis();
         let today = CivilDate::from_unix_millis_cst(received_at);
         let max_skew = self.settings.max_clock_skew_millis;
-        // Signature and payload checks are CPU work, done in small pieces on the blocking
-        // pool by one lane per core. Each piece holds one of the `cores` permits while it
-        // runs, and so does the store stage while it stores (see `store_with_retry`):
-        // checks never take the core the pipeline's one serial stage needs, and take
-        // every core while it waits. (Run at the store's priority on every core, checks
-        // slowed the store stage and with it the whole ingest.)
-        let lanes = self.cores_total;
-        let piece = batch.len().div_ceil(lanes * 8).max(16);
+        // Signature and payload checks are CPU work, done in small pieces by the check
+        // pool's threads, one per core, at a lower scheduling priority than the rest of
+        // the hub: they take every core the store stage, the reader and the HTTP API
+        // leave idle, and yield the core when one of those has work (see `CheckPool`).
+        let piece = batch.len().div_ceil(self.checkers.threads * 8).max(16);
         let pieces = batch.len().div_ceil(piece);
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut running = tokio::task::JoinSet::new();
-        for _ in 0..lanes.min(pieces) {
-            let (batch, context, next, cores) = (
-                batch.clone(),
-                context.clone(),
-                next.clone(),
-                self.cores.clone(),
-            );
-            running.spawn(async move {
-                let mut done = Vec::new();
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= pieces {
-                        break;
-                    }
-                    let _core = cores
-                        .acquire()
-                        .await
-                        .map_err(|e| IngestError::Worker(e.to_string()))?;
-                    let batch = batch.clone();
-                    let context = context.clone();
-                    let items = tokio::task::spawn_blocking(move || {
-                        let end = ((index + 1) * piece).min(batch.len());
-                        batch[index * piece..end]
-                            .iter()
-                            .map(|incoming| IngestItem {
-                                source: message_source(incoming),
-                                verdict: match &incoming.record {
-                                    Err(rejection) => {
-                                        Verdict::Reject(unreadable(incoming, rejection.clone()))
-                                    }
-                                    Ok(record) => {
-                                        context.check(record, received_at, max_skew, today)
-                                    }
-                                },
-                            })
-                            .collect::<Vec<_>>()
+        let mut running = Vec::with_capacity(pieces);
+        for index in 0..pieces {
+            let (batch, context) = (batch.clone(), context.clone());
+            running.push(self.checkers.run(move || {
+                let end = ((index + 1) * piece).min(batch.len());
+                batch[index * piece..end]
+                    .iter()
+                    .map(|incoming| IngestItem {
+                        source: message_source(incoming),
+                        verdict: match &incoming.record {
+                            Err(rejection) => {
+                                Verdict::Reject(unreadable(incoming, rejection.clone()))
+                            }
+                            Ok(record) => context.check(record, received_at, max_skew, today),
+                        },
                     })
-                    .await
-                    .map_err(|e| IngestError::Worker(e.to_string()))?;
-                    done.push((index, items));
-                }
-                Ok::<_, IngestError>(done)
-            });
+                    .collect::<Vec<_>>()
+            })?);
         }
         let mut pieces_done = Vec::with_capacity(pieces);
-        while let Some(lane) = running.join_next().await {
-            pieces_done.extend(lane.map_err(|e| IngestError::Worker(e.to_string()))??);
+        for piece in running {
+            pieces_done.push(piece.await.map_err(|_| {
+                IngestError::Worker("a check thread failed while checking a batch".into())
+            })?);
         }
-        pieces_done.sort_unstable_by_key(|(index, _)| *index);
         let mut items = Vec::with_capacity(batch.len());
-        for (_, piece_items) in pieces_done {
+        for piece_items in pieces_done {
             items.extend(piece_items);
         }
         Ok(items)
@@ -436,11 +409,7 @@ impl Ingest {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
-            let stored = match self.cores.acquire().await {
-                Ok(_core) => self.store_checked(&batch, &items).await,
-                Err(closed) => Err(IngestError::Worker(closed.to_string())),
-            };
-            match stored {
+            match self.store_checked(&batch, &items).await {
                 Ok(handled) => {
                     add_micros(&self.stats.store_micros, started);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
