@@ -188,7 +188,7 @@ impl Ingest {
 
     /// Everything short of storing, for each message of a batch: bounds and envelope,
     /// key, signature, key window and signing time, permission, schema and payload. Reads
-    /// the trust registry once per batch and spreads the CPU work over the blocking pool.
+    /// the trust registry once per batch and spreads the CPU work over the check threads.
     pub async fn check_batch(&self, batch: Arc<Vec<IncomingRecord>>) -> Result<Vec<IngestItem>> {
         let context = Arc::new(self.resolve(&batch).await?);
         let received_at = datarun_store::now_millis();
@@ -307,7 +307,7 @@ impl Ingest {
     /// Consumes until `shutdown` resolves, in batches of up to `MAX_BATCH` messages
     /// (whatever has arrived, never waiting to fill one), as a pipeline of three stages
     /// joined by bounded queues: one reads batches (`READ_AHEAD` may wait), one checks
-    /// them (signatures and payloads on the blocking pool; `CHECKED_AHEAD` may wait),
+    /// them (signatures and payloads on the check threads; `CHECKED_AHEAD` may wait),
     /// and one stores them in the order read. The reader and the store stage are tasks
     /// of their own: a batch of messages that have already arrived is parsed without
     /// yielding, and on the store's task that held up its statements, leaving a core
