@@ -4,7 +4,7 @@
 //! The checks are most of ingest's CPU work and can run on every core; the store stage
 //! is serial and the whole pipeline moves at its pace once the checks keep up. Run at the
 //! same priority, checks slowed the store stage; given a fixed share of the cores, they
-//! left a core idle whenever the store stage waited on something else (8–14 % idle on a
+//! left a core idle whenever the store stage waited on something else (5–14 % idle on a
 //! 2-core machine). At a lower priority (a higher nice value) the kernel runs them on
 //! whatever the store stage, the reader, the HTTP API and librdkafka's threads leave
 //! idle, and preempts them as soon as one of those has work.
@@ -91,6 +91,8 @@ fn lower_priority() {
 mod tests {
     use super::*;
 
+    /// Lowering a thread's priority is done on Linux only (see `lower_priority`).
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn checks_run_below_the_callers_priority() {
         let pool = CheckPool::start(2);
