@@ -74,8 +74,18 @@ pub fn hub_signer(config: &Config) -> anyhow::Result<datarun_domain::signed::Hub
         config.hub.signing_key_file.clone()
     };
     if !path.exists() {
-        crate::setup::generate_key(&path, crate::setup::KeyFormat::for_path(&path))
-            .with_context(|| format!("creating the hub's signing key {}", path.display()))?;
+        if let Err(error) =
+            crate::setup::generate_key(&path, crate::setup::KeyFormat::for_path(&path))
+        {
+            // Hubs sharing a data directory start together: another may have linked its
+            // key into place since the check (whole, as secrets are linked, never
+            // written in place), and that key is this hub's too.
+            if !path.exists() {
+                return Err(
+                    error.context(format!("creating the hub's signing key {}", path.display()))
+                );
+            }
+        }
     }
     let bytes = crate::secrets::read_secret(&path)?;
     let key_pair = datarun_domain::keys::parse_private_key(&bytes)
@@ -214,5 +224,40 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hubs sharing a data directory start at once on a fresh one: each gets the one
+    /// key that was linked into place; none fails because another created it first.
+    #[test]
+    fn hubs_starting_together_share_one_new_signing_key() {
+        let dir = std::env::temp_dir().join(format!(
+            "datarun_hubkey_{}_{}",
+            datarun_store::now_millis(),
+            std::process::id()
+        ));
+        let mut config =
+            Config::load(Some(std::path::Path::new("/dev/null")), std::iter::empty()).unwrap();
+        config.hub.data_dir = dir.clone();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let hubs: Vec<_> = (0..8)
+            .map(|_| {
+                let (config, start) = (config.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    hub_signer(&config).map(|signer| *signer.public_key())
+                })
+            })
+            .collect();
+        let keys: Vec<[u8; 32]> = hubs
+            .into_iter()
+            .map(|hub| hub.join().unwrap().expect("every hub starts"))
+            .collect();
+        assert!(keys.iter().all(|key| key == &keys[0]), "one key for all");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
