@@ -162,15 +162,23 @@ impl Store {
         }
         // Two writers storing versions of the same certificates at once can deadlock on
         // PostgreSQL: a certificate first committed by a third writer after this batch
-        // read its stored versions is locked by the upsert, out of id order. PostgreSQL
-        // rolls one batch back whole; it is decided again from what is stored then.
-        let mut attempt = 1;
+        // read its stored versions is locked by the upsert, out of id order. Or the batch
+        // inserts as new a certificate (or record, or rejection) another writer has just
+        // committed, and fails on its key. PostgreSQL rolls the batch back whole; it is
+        // decided again from what is stored then. A key conflict is progress (what
+        // conflicted is stored now, and the next try finds it), so it is retried at once,
+        // up to `KEY_CONFLICT_ATTEMPTS` times; a deadlock up to `CONFLICT_ATTEMPTS`.
+        let (mut deadlocks, mut key_conflicts) = (1, 0);
         loop {
             match self.store_batch_once(items).await {
-                Err(error) if attempt < CONFLICT_ATTEMPTS && is_transient_conflict(&error) => {
-                    tracing::warn!(%error, attempt, "ingest batch met a conflicting writer; retrying");
-                    tokio::time::sleep(conflict_backoff(attempt)).await;
-                    attempt += 1;
+                Err(error) if key_conflicts < KEY_CONFLICT_ATTEMPTS && is_key_conflict(&error) => {
+                    key_conflicts += 1;
+                    tracing::debug!(%error, key_conflicts, "ingest batch met a writer storing the same key; retrying");
+                }
+                Err(error) if deadlocks < CONFLICT_ATTEMPTS && is_transient_conflict(&error) => {
+                    tracing::warn!(%error, attempt = deadlocks, "ingest batch met a conflicting writer; retrying");
+                    tokio::time::sleep(conflict_backoff(deadlocks)).await;
+                    deadlocks += 1;
                 }
                 outcome => return outcome,
             }
@@ -406,13 +414,20 @@ impl Store {
                 .await
             }
             WriteTransaction::Postgres(transaction) => {
-                // An upsert for every certificate: another hub may store a certificate's
-                // first version at the same time, and the upsert's guard settles which
-                // is current.
+                // As on SQLite, a certificate's first version is a plain insert: a
+                // speculative insertion (`ON CONFLICT`) costs the server more for each
+                // row. Another writer storing the same certificate's first version at
+                // the same time makes this insert fail on the primary key; the batch
+                // rolls back and runs again (`store_batch`), and then finds the
+                // certificate stored and upserts it.
+                let (replacing, first): (Vec<&StoredRecord>, Vec<&StoredRecord>) = latest
+                    .into_iter()
+                    .partition(|record| stored_certificates.contains(&record.certificate_id));
                 insert_records_postgres(
                     transaction,
                     records,
-                    &latest,
+                    &first,
+                    &replacing,
                     &guardians,
                     first_feed_seq,
                     now,
@@ -675,6 +690,11 @@ impl Store {
 /// How many times a batch is tried when PostgreSQL rolls it back for a conflict.
 const CONFLICT_ATTEMPTS: u32 = 6;
 
+/// How many times a batch is run again at once after a key conflict: each writer that
+/// committed one of its keys first costs one, and several hubs rarely do within one
+/// batch. Past it, the ingest's own retry takes over, with backoff.
+const KEY_CONFLICT_ATTEMPTS: u32 = 16;
+
 /// A growing, jittered pause before the next try, so the writers that met do not meet
 /// again in step.
 fn conflict_backoff(attempt: u32) -> std::time::Duration {
@@ -690,6 +710,17 @@ fn is_transient_conflict(error: &StoreError) -> bool {
     match error {
         StoreError::Database(sqlx::Error::Database(error)) => {
             matches!(error.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL's unique violation (23505): another writer committed a row this batch
+/// inserts as new (a certificate's first version, the same record or rejection).
+fn is_key_conflict(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(sqlx::Error::Database(error)) => {
+            error.code().as_deref() == Some("23505")
         }
         _ => false,
     }
@@ -887,7 +918,8 @@ fn bind_certificates<'q>(
 async fn insert_records_postgres(
     conn: &mut sqlx::PgConnection,
     records: &[&StoredRecord],
-    latest: &[&StoredRecord],
+    first: &[&StoredRecord],
+    replacing: &[&StoredRecord],
     guardians: &[(&str, i64)],
     first_feed_seq: i64,
     now: i64,
@@ -925,40 +957,27 @@ async fn insert_records_postgres(
         .execute(&mut *conn)
         .await?;
     }
-    if !latest.is_empty() {
+    // A certificate's first version: a plain insert.
+    if !first.is_empty() {
+        bind_certificates_postgres(sqlx::query(CERTIFICATES_FROM_UNNEST), first, now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !replacing.is_empty() {
         // The WHERE guard keeps the newest version current even if a writer that did
         // not take the certificate's lock got here first.
-        sqlx::query(
-            "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
-                 signed_at, updated_at, status, superseded_by)
-             SELECT certificate_id, record_type, department_id, subject_id, current_record_id, signed_at, $7,
-                 status, superseded_by
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $8::text[], $9::text[])
-                 AS u(certificate_id, record_type, department_id, subject_id, current_record_id, signed_at,
-                 status, superseded_by)
+        let sql = format!(
+            "{CERTIFICATES_FROM_UNNEST}
              ON CONFLICT (certificate_id) DO UPDATE SET
                  record_type = excluded.record_type, subject_id = excluded.subject_id,
                  current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
                  updated_at = excluded.updated_at, status = excluded.status,
                  superseded_by = excluded.superseded_by
-             WHERE certificates.signed_at < excluded.signed_at",
-        )
-        .bind(column(latest, |r| r.certificate_id.as_str()))
-        .bind(column(latest, |r| r.record_type.as_str()))
-        .bind(column(latest, |r| r.department.as_str()))
-        .bind(column(latest, |r| r.subject.as_str()))
-        .bind(column(latest, |r| r.record_id.as_str()))
-        .bind(latest.iter().map(|r| r.signed_at).collect::<Vec<_>>())
-        .bind(now)
-        .bind(column(latest, |r| r.status.as_str()))
-        .bind(
-            latest
-                .iter()
-                .map(|r| r.superseded_by.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
+             WHERE certificates.signed_at < excluded.signed_at"
+        );
+        bind_certificates_postgres(sqlx::query(&sql), replacing, now)
+            .execute(&mut *conn)
+            .await?;
     }
     if !guardians.is_empty() {
         sqlx::query(
@@ -971,6 +990,41 @@ async fn insert_records_postgres(
         .await?;
     }
     Ok(())
+}
+
+/// PostgreSQL: certificate rows from one array per column (`bind_certificates_postgres`).
+const CERTIFICATES_FROM_UNNEST: &str = "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id,
+         current_record_id, signed_at, updated_at, status, superseded_by)
+     SELECT certificate_id, record_type, department_id, subject_id, current_record_id, signed_at, $7,
+         status, superseded_by
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $8::text[], $9::text[])
+         AS u(certificate_id, record_type, department_id, subject_id, current_record_id, signed_at,
+         status, superseded_by)";
+
+/// Binds the columns of `CERTIFICATES_FROM_UNNEST` for `records`.
+fn bind_certificates_postgres<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    records: &[&'q StoredRecord],
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let column = |field: fn(&'q StoredRecord) -> &'q str| -> Vec<&'q str> {
+        records.iter().map(|r| field(r)).collect()
+    };
+    query
+        .bind(column(|r| r.certificate_id.as_str()))
+        .bind(column(|r| r.record_type.as_str()))
+        .bind(column(|r| r.department.as_str()))
+        .bind(column(|r| r.subject.as_str()))
+        .bind(column(|r| r.record_id.as_str()))
+        .bind(records.iter().map(|r| r.signed_at).collect::<Vec<_>>())
+        .bind(now)
+        .bind(column(|r| r.status.as_str()))
+        .bind(
+            records
+                .iter()
+                .map(|r| r.superseded_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
 }
 
 fn source_key(source: &MessageSource) -> (String, i32, i64, String) {
