@@ -924,12 +924,6 @@ async fn insert_records_postgres(
     first_feed_seq: i64,
     now: i64,
 ) -> Result<()> {
-    fn column<'a, T: ?Sized + 'a>(
-        records: &[&'a StoredRecord],
-        field: impl Fn(&'a StoredRecord) -> &'a T,
-    ) -> Vec<&'a T> {
-        records.iter().map(|r| field(r)).collect()
-    }
     if !records.is_empty() {
         sqlx::query(
             "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
@@ -1001,24 +995,29 @@ const CERTIFICATES_FROM_UNNEST: &str = "INSERT INTO certificates (certificate_id
          AS u(certificate_id, record_type, department_id, subject_id, current_record_id, signed_at,
          status, superseded_by)";
 
+/// PostgreSQL: one field of each of `records`, as the array bound for its column.
+fn column<'a, T: ?Sized + 'a>(
+    records: &[&'a StoredRecord],
+    field: impl Fn(&'a StoredRecord) -> &'a T,
+) -> Vec<&'a T> {
+    records.iter().map(|r| field(r)).collect()
+}
+
 /// Binds the columns of `CERTIFICATES_FROM_UNNEST` for `records`.
 fn bind_certificates_postgres<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     records: &[&'q StoredRecord],
     now: i64,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let column = |field: fn(&'q StoredRecord) -> &'q str| -> Vec<&'q str> {
-        records.iter().map(|r| field(r)).collect()
-    };
     query
-        .bind(column(|r| r.certificate_id.as_str()))
-        .bind(column(|r| r.record_type.as_str()))
-        .bind(column(|r| r.department.as_str()))
-        .bind(column(|r| r.subject.as_str()))
-        .bind(column(|r| r.record_id.as_str()))
+        .bind(column(records, |r| r.certificate_id.as_str()))
+        .bind(column(records, |r| r.record_type.as_str()))
+        .bind(column(records, |r| r.department.as_str()))
+        .bind(column(records, |r| r.subject.as_str()))
+        .bind(column(records, |r| r.record_id.as_str()))
         .bind(records.iter().map(|r| r.signed_at).collect::<Vec<_>>())
         .bind(now)
-        .bind(column(|r| r.status.as_str()))
+        .bind(column(records, |r| r.status.as_str()))
         .bind(
             records
                 .iter()
