@@ -355,6 +355,12 @@ pub async fn ingest(
         .batches
         .load(std::sync::atomic::Ordering::Relaxed);
     running.stop().await;
+    // SQLite's write-ahead log only grows (it restarts from its beginning, and is cut
+    // back at `journal_size_limit`): its size now is about the most it held.
+    let sqlite_log = (backend == Backend::Sqlite)
+        .then(|| std::fs::metadata(hub.config.hub.data_dir.join("datarun.db-wal")))
+        .and_then(|metadata| metadata.ok())
+        .map(|metadata| metadata.len());
     let (stored, _) = hub.store.record_counts().await?;
     anyhow::ensure!(
         stored as usize == count,
@@ -478,6 +484,13 @@ pub async fn ingest(
             "  CPU time of this process per record: verify + decode {:.1} µs, end to end {:.1} µs",
             per_record(checks_cpu),
             per_record(ingest_cpu),
+        )?;
+    }
+    if let Some(bytes) = sqlite_log {
+        writeln!(
+            out,
+            "  SQLite write-ahead log after end to end: {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
         )?;
     }
     writeln!(

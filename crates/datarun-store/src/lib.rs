@@ -15,6 +15,7 @@ mod audit;
 mod auth;
 mod consent_requests;
 mod consents;
+mod copy;
 mod delegations;
 pub mod department;
 mod feed;
@@ -589,7 +590,7 @@ async fn connect_sqlite(url: &str) -> Result<(SqlitePool, SqlitePool)> {
         .foreign_keys(true)
         // Index inserts at random keys touch pages all over a growing file: SQLite's
         // default 2 MiB page cache made a 200,000-record ingest read and write through
-        // the kernel for most of them. A checkpoint every 20,000 pages (80 MiB of WAL)
+        // the kernel for most of them. A checkpoint every 2 s (`run_checkpoints`)
         // copies each hot index page to the database once per many transactions.
         .pragma("cache_size", "-65536")
         .pragma("mmap_size", "268435456")

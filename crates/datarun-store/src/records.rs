@@ -2,6 +2,7 @@
 //! certificate) and rejected messages, written together for one ingest batch.
 
 use crate::audit::{insert_event, lock_head, set_head, NewAuditEvent};
+use crate::copy::{copy_in, CopyRows};
 use crate::{
     integer, now_millis, on_pool, on_tx, optional_integer, optional_text, text, Result, RowExt,
     Store, StoreError, WriteTransaction,
@@ -104,7 +105,7 @@ fn parameter_list(n: usize) -> String {
 
 /// `(?, ?), (?, ?)`: `rows` rows of `columns` anonymous SQLite parameters, for a
 /// multi-row `VALUES` (see [`parameter_list`] for why anonymous). PostgreSQL writes a
-/// batch from `UNNEST` of one array per column instead.
+/// batch by binary `COPY` instead (`copy`).
 fn placeholders(rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * (columns * 3 + 2));
     for row in 0..rows {
@@ -377,8 +378,7 @@ impl Store {
     /// version by its change-feed position and counts only while that version is
     /// current, so nothing is deleted here. Certificates and guardians are written in
     /// key order (each insert then lands next to the one before in the B-tree). SQLite:
-    /// multi-row `VALUES`; PostgreSQL: one statement per table, from `UNNEST` of one
-    /// array per column.
+    /// multi-row `VALUES`; PostgreSQL: a binary `COPY` per table for new rows.
     async fn insert_records(
         &self,
         tx: &mut WriteTransaction,
@@ -414,9 +414,9 @@ impl Store {
                 .await
             }
             WriteTransaction::Postgres(transaction) => {
-                // As on SQLite, a certificate's first version is a plain insert: a
-                // speculative insertion (`ON CONFLICT`) costs the server more for each
-                // row. Another writer storing the same certificate's first version at
+                // As on SQLite, a certificate's first version is a plain insert (here a
+                // `COPY`): a speculative insertion (`ON CONFLICT`) costs the server more
+                // for each row. Another writer storing the same certificate's first version at
                 // the same time makes this insert fail on the primary key; the batch
                 // rolls back and runs again (`store_batch`), and then finds the
                 // certificate stored and upserts it.
@@ -915,6 +915,9 @@ fn bind_certificates<'q>(
     query
 }
 
+/// PostgreSQL: new rows by binary `COPY` (see `copy`): the batch's records, its
+/// certificates' first versions and their guardians. Replacing a stored certificate's
+/// version is an upsert from `UNNEST` arrays, under its guard.
 async fn insert_records_postgres(
     conn: &mut sqlx::PgConnection,
     records: &[&StoredRecord],
@@ -925,75 +928,109 @@ async fn insert_records_postgres(
     now: i64,
 ) -> Result<()> {
     if !records.is_empty() {
-        sqlx::query(
-            "INSERT INTO records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
+        let bytes: usize = records
+            .iter()
+            .map(|r| 240 + r.fields_json.len() + r.signature.len())
+            .sum();
+        let mut rows = CopyRows::new(13, bytes);
+        for (record, feed_seq) in records.iter().zip(first_feed_seq..) {
+            rows.row()
+                .text(&record.record_id)?
+                .text(&record.certificate_id)?
+                .text(&record.record_type)?
+                .int8(i64::from(record.schema_version))
+                .text(&record.department)?
+                .text(&record.subject)?
+                .int8(record.signed_at)
+                .text(&record.signing_key_id)?
+                .bytes(&record.content_digest)?
+                .bytes(&record.signature)?
+                .jsonb(&record.fields_json)?
+                .int8(now)
+                .int8(feed_seq);
+        }
+        copy_in(
+            conn,
+            "COPY records (record_id, certificate_id, record_type, schema_version, department_id, subject_id,
                  signed_at, signing_key_id, content_digest, signature, fields, stored_at, feed_seq)
-             SELECT record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 signed_at, signing_key_id, content_digest, signature, fields::jsonb, $12, $13 + ordinality - 1
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[],
-                 $8::text[], $9::bytea[], $10::bytea[], $11::text[]) WITH ORDINALITY
-                 AS u(record_id, certificate_id, record_type, schema_version, department_id, subject_id,
-                 signed_at, signing_key_id, content_digest, signature, fields, ordinality)",
+             FROM STDIN (FORMAT binary)",
+            rows,
         )
-        .bind(column(records, |r| r.record_id.as_str()))
-        .bind(column(records, |r| r.certificate_id.as_str()))
-        .bind(column(records, |r| r.record_type.as_str()))
-        .bind(records.iter().map(|r| i64::from(r.schema_version)).collect::<Vec<_>>())
-        .bind(column(records, |r| r.department.as_str()))
-        .bind(column(records, |r| r.subject.as_str()))
-        .bind(records.iter().map(|r| r.signed_at).collect::<Vec<_>>())
-        .bind(column(records, |r| r.signing_key_id.as_str()))
-        .bind(column(records, |r| &r.content_digest[..]))
-        .bind(column(records, |r| r.signature.as_slice()))
-        .bind(column(records, |r| r.fields_json.as_str()))
-        .bind(now)
-        .bind(first_feed_seq)
-        .execute(&mut *conn)
         .await?;
     }
     // A certificate's first version: a plain insert.
     if !first.is_empty() {
-        bind_certificates_postgres(sqlx::query(CERTIFICATES_FROM_UNNEST), first, now)
-            .execute(&mut *conn)
-            .await?;
+        let mut rows = CopyRows::new(9, first.len() * 200);
+        for record in first {
+            rows.row()
+                .text(&record.certificate_id)?
+                .text(&record.record_type)?
+                .text(&record.department)?
+                .text(&record.subject)?
+                .text(&record.record_id)?
+                .int8(record.signed_at)
+                .int8(now)
+                .text(&record.status)?
+                .optional_text(record.superseded_by.as_deref())?;
+        }
+        copy_in(
+            conn,
+            "COPY certificates (certificate_id, record_type, department_id, subject_id, current_record_id,
+                 signed_at, updated_at, status, superseded_by)
+             FROM STDIN (FORMAT binary)",
+            rows,
+        )
+        .await?;
     }
     if !replacing.is_empty() {
         // The WHERE guard keeps the newest version current even if a writer that did
         // not take the certificate's lock got here first.
-        let sql = format!(
-            "{CERTIFICATES_FROM_UNNEST}
+        sqlx::query(
+            "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id,
+                 current_record_id, signed_at, updated_at, status, superseded_by)
+             SELECT certificate_id, record_type, department_id, subject_id, current_record_id, signed_at, $7,
+                 status, superseded_by
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $8::text[], $9::text[])
+                 AS u(certificate_id, record_type, department_id, subject_id, current_record_id, signed_at,
+                 status, superseded_by)
              ON CONFLICT (certificate_id) DO UPDATE SET
                  record_type = excluded.record_type, subject_id = excluded.subject_id,
                  current_record_id = excluded.current_record_id, signed_at = excluded.signed_at,
                  updated_at = excluded.updated_at, status = excluded.status,
                  superseded_by = excluded.superseded_by
-             WHERE certificates.signed_at < excluded.signed_at"
-        );
-        bind_certificates_postgres(sqlx::query(&sql), replacing, now)
-            .execute(&mut *conn)
-            .await?;
+             WHERE certificates.signed_at < excluded.signed_at",
+        )
+        .bind(column(replacing, |r| r.certificate_id.as_str()))
+        .bind(column(replacing, |r| r.record_type.as_str()))
+        .bind(column(replacing, |r| r.department.as_str()))
+        .bind(column(replacing, |r| r.subject.as_str()))
+        .bind(column(replacing, |r| r.record_id.as_str()))
+        .bind(replacing.iter().map(|r| r.signed_at).collect::<Vec<_>>())
+        .bind(now)
+        .bind(column(replacing, |r| r.status.as_str()))
+        .bind(
+            replacing
+                .iter()
+                .map(|r| r.superseded_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     if !guardians.is_empty() {
-        sqlx::query(
-            "INSERT INTO certificate_guardians (guardian_id, feed_seq)
-             SELECT * FROM UNNEST($1::text[], $2::int8[])",
+        let mut rows = CopyRows::new(2, guardians.len() * 40);
+        for (guardian, feed_seq) in guardians {
+            rows.row().text(guardian)?.int8(*feed_seq);
+        }
+        copy_in(
+            conn,
+            "COPY certificate_guardians (guardian_id, feed_seq) FROM STDIN (FORMAT binary)",
+            rows,
         )
-        .bind(guardians.iter().map(|g| g.0).collect::<Vec<_>>())
-        .bind(guardians.iter().map(|g| g.1).collect::<Vec<_>>())
-        .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
-
-/// PostgreSQL: certificate rows from one array per column (`bind_certificates_postgres`).
-const CERTIFICATES_FROM_UNNEST: &str = "INSERT INTO certificates (certificate_id, record_type, department_id, subject_id,
-         current_record_id, signed_at, updated_at, status, superseded_by)
-     SELECT certificate_id, record_type, department_id, subject_id, current_record_id, signed_at, $7,
-         status, superseded_by
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $8::text[], $9::text[])
-         AS u(certificate_id, record_type, department_id, subject_id, current_record_id, signed_at,
-         status, superseded_by)";
 
 /// PostgreSQL: one field of each of `records`, as the array bound for its column.
 fn column<'a, T: ?Sized + 'a>(
@@ -1001,29 +1038,6 @@ fn column<'a, T: ?Sized + 'a>(
     field: impl Fn(&'a StoredRecord) -> &'a T,
 ) -> Vec<&'a T> {
     records.iter().map(|r| field(r)).collect()
-}
-
-/// Binds the columns of `CERTIFICATES_FROM_UNNEST` for `records`.
-fn bind_certificates_postgres<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    records: &[&'q StoredRecord],
-    now: i64,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    query
-        .bind(column(records, |r| r.certificate_id.as_str()))
-        .bind(column(records, |r| r.record_type.as_str()))
-        .bind(column(records, |r| r.department.as_str()))
-        .bind(column(records, |r| r.subject.as_str()))
-        .bind(column(records, |r| r.record_id.as_str()))
-        .bind(records.iter().map(|r| r.signed_at).collect::<Vec<_>>())
-        .bind(now)
-        .bind(column(records, |r| r.status.as_str()))
-        .bind(
-            records
-                .iter()
-                .map(|r| r.superseded_by.as_deref())
-                .collect::<Vec<_>>(),
-        )
 }
 
 fn source_key(source: &MessageSource) -> (String, i32, i64, String) {
