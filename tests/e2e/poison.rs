@@ -135,7 +135,7 @@ async fn poison_then_genuine(db: Db) {
         ));
         expected.push(("wire_format_invalid", "intact"));
         // 7. A correctly signed record, valid Avro, with a NUL character in a name:
-        //    PostgreSQL can store it in no text or jsonb column.
+        //    PostgreSQL's text type cannot hold it.
         let mut row = rows[12 + p].clone();
         row.insert("baby_name".into(), "王\0明".into());
         let record = connector.sign_row(&row, &key).unwrap();

@@ -356,7 +356,7 @@ async fn skeleton_database_migrates(db: Db) {
             .unwrap();
             let expected = [
                 ("content_digest", "bytea"),
-                ("fields", "jsonb"),
+                ("fields", "json"),
                 ("signature", "bytea"),
             ];
             let expected: Vec<(String, String)> = expected

@@ -417,8 +417,9 @@ impl RecordSchema {
             }
             let json = to_json(value);
             if holds_nul(&json) {
-                // Valid Avro, but no certificate text holds one, and PostgreSQL can store
-                // it neither in text nor in jsonb: stored, it would fail its whole batch.
+                // Valid Avro, but no certificate text holds one, and PostgreSQL's text
+                // type cannot hold it; a reader taking the text as a C string would stop
+                // there.
                 return Err(Rejection::at(
                     RejectReason::SchemaInvalid,
                     &spec.name,

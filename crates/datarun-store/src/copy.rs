@@ -5,7 +5,7 @@
 //! each to the WAL on its own. `COPY` reads the rows straight from the stream and
 //! inserts them into the heap a page at a time (one WAL record per page); in the binary
 //! format every field arrives already in the column type's wire form, so the server
-//! parses nothing but the `jsonb` text. Constraints, keys and indexes hold as for an
+//! parses nothing but the `json` text, to check it. Constraints, keys and indexes hold as for an
 //! insert: a duplicate key fails the `COPY` (SQLSTATE 23505) and the transaction.
 //!
 //! The rows are encoded here, in the order of the statement's column list, and each
@@ -15,9 +15,6 @@ use crate::{Result, StoreError};
 
 /// The 11-byte signature, flags (no OIDs) and header-extension length of the format.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-
-/// The `jsonb` binary format's version.
-const JSONB_VERSION: u8 = 1;
 
 /// Rows for one binary `COPY`, encoded as they are added.
 pub(crate) struct CopyRows {
@@ -80,17 +77,9 @@ impl CopyRows {
         self
     }
 
-    /// A `jsonb` field from JSON text (the server parses it, as it would the text form).
-    pub(crate) fn jsonb(&mut self, json: &str) -> Result<&mut Self> {
-        let length = json
-            .len()
-            .checked_add(1)
-            .and_then(|length| i32::try_from(length).ok())
-            .ok_or_else(|| StoreError::Invalid("a field is too long for PostgreSQL".into()))?;
-        self.field(length);
-        self.buf.push(JSONB_VERSION);
-        self.buf.extend_from_slice(json.as_bytes());
-        Ok(self)
+    /// A `json` field: its binary form is the text itself (the server checks it is JSON).
+    pub(crate) fn json(&mut self, json: &str) -> Result<&mut Self> {
+        self.text(json)
     }
 
     fn field(&mut self, length: i32) {
@@ -137,7 +126,7 @@ mod tests {
     #[test]
     fn rows_are_encoded_in_postgresql_binary_copy_format() {
         let mut rows = CopyRows::new(4, 64);
-        rows.row().text("ab").unwrap().int8(-2).jsonb("{}").unwrap();
+        rows.row().text("ab").unwrap().int8(-2).json("{}").unwrap();
         rows.optional_text(None).unwrap();
         let expected: Vec<u8> = [
             &b"PGCOPY\n\xff\r\n\0"[..],
@@ -148,8 +137,7 @@ mod tests {
             b"ab",
             &[0, 0, 0, 8],
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
-            &[0, 0, 0, 3],
-            &[1],
+            &[0, 0, 0, 2],
             b"{}",
             &[0xff, 0xff, 0xff, 0xff], // NULL
             &[0xff, 0xff],             // trailer

@@ -1,6 +1,6 @@
 //! The SQL store, through `sqlx`: the only crate that talks SQL. Two native engines
 //! sit behind the one `Store` type: SQLite (`SqlitePool`, the embedded default, STRICT
-//! tables) and PostgreSQL (`PgPool`, production: `bytea`, `jsonb`, `boolean`, array
+//! tables) and PostgreSQL (`PgPool`, production: `bytea`, `json`, `boolean`, array
 //! binds). Most statements are one SQL text, compiled once per engine by the
 //! [`on_pool!`] and [`on_tx!`] macros; where an engine has a better way (PostgreSQL's
 //! `UNNEST` arrays and `= ANY`, SQLite's multi-row `VALUES`), the code says so in a
@@ -259,6 +259,15 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
             )),
             Backend::Postgres => None,
         };
+        // PostgreSQL only: SQLite stores the fields as JSON text already.
+        let fields_json = match self.0 {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(migration(
+                17,
+                "fields as json",
+                include_str!("../migrations/postgres/0017_fields_json.sql"),
+            )),
+        };
         Box::pin(async move {
             let mut migrations = vec![
                 migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
@@ -294,6 +303,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 guardians,
             ];
             migrations.extend(unreferenced);
+            migrations.extend(fields_json);
             Ok(migrations)
         })
     }
@@ -661,7 +671,7 @@ pub(crate) trait RowExt {
     fn optional_integer(&self, column: &str) -> Result<Option<i64>>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>>;
     fn boolean(&self, column: &str) -> Result<bool>;
-    /// A JSON object column: `jsonb` on PostgreSQL, JSON text on SQLite.
+    /// A JSON object column: `json` on PostgreSQL, JSON text on SQLite.
     fn fields(&self, column: &str) -> Result<serde_json::Map<String, serde_json::Value>>;
 }
 

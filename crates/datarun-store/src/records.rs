@@ -945,7 +945,7 @@ async fn insert_records_postgres(
                 .text(&record.signing_key_id)?
                 .bytes(&record.content_digest)?
                 .bytes(&record.signature)?
-                .jsonb(&record.fields_json)?
+                .json(&record.fields_json)?
                 .int8(now)
                 .int8(feed_seq);
         }
