@@ -355,8 +355,8 @@ pub async fn ingest(
         .batches
         .load(std::sync::atomic::Ordering::Relaxed);
     running.stop().await;
-    // SQLite's write-ahead log only grows (it restarts from its beginning, and is cut
-    // back at `journal_size_limit`): its size now is about the most it held.
+    // SQLite's write-ahead log file does not shrink while the store is open (a restarted
+    // log is written again from its beginning): its size now is the most it held.
     let sqlite_log = (backend == Backend::Sqlite)
         .then(|| std::fs::metadata(hub.config.hub.data_dir.join("datarun.db-wal")))
         .and_then(|metadata| metadata.ok())

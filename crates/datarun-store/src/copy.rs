@@ -5,8 +5,9 @@
 //! each to the WAL on its own. `COPY` reads the rows straight from the stream and
 //! inserts them into the heap a page at a time (one WAL record per page); in the binary
 //! format every field arrives already in the column type's wire form, so the server
-//! parses nothing but the `json` text, to check it. Constraints, keys and indexes hold as for an
-//! insert: a duplicate key fails the `COPY` (SQLSTATE 23505) and the transaction.
+//! parses nothing but the `json` text, to check it. Constraints, keys and indexes hold
+//! as for an insert: a duplicate key fails the `COPY` (SQLSTATE 23505) and the
+//! transaction.
 //!
 //! The rows are encoded here, in the order of the statement's column list, and each
 //! field must be the column's exact type (`int8` is 8 bytes; `int4` would be refused).
