@@ -3,8 +3,8 @@
 //! tables) and PostgreSQL (`PgPool`, production: `bytea`, `json`, `boolean`, array
 //! binds). Most statements are one SQL text, compiled once per engine by the
 //! [`on_pool!`] and [`on_tx!`] macros; where an engine has a better way (PostgreSQL's
-//! `UNNEST` arrays and `= ANY`, SQLite's multi-row `VALUES`), the code says so in a
-//! `match` on the engine.
+//! binary `COPY`, `UNNEST` arrays and `= ANY`; SQLite's multi-row `VALUES`), the code
+//! says so in a `match` on the engine.
 //!
 //! Every write that must be audited appends its audit event in the same transaction.
 //! Write transactions take SQLite's write lock at once (`BEGIN IMMEDIATE`); auditing
