@@ -382,3 +382,73 @@ async fn background_checkpoints_copy_the_log_into_the_database_sqlite() {
     checkpoints.await.unwrap();
     assert_eq!(copy_holds(env.dir.join("after.db")).await, 500);
 }
+
+/// Under back-to-back ingest transactions, SQLite's write-ahead log still starts again
+/// from its beginning once a checkpoint pass has copied it: the writer copies what was
+/// committed during the pass before its next transaction. On its own the log would
+/// only start again when a pass finished between two transactions, which a writer
+/// committing back to back (a busy ingest) almost never leaves time for; the log then
+/// grew by every transaction, each frame written into new file space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_starts_again_under_back_to_back_writes_sqlite() {
+    let env = TestEnv::new(Db::Sqlite, Broker::Mock).await;
+    let store = datarun_cli::app::open_store(&env.config).await.unwrap();
+    // Made before the writes start, so the writer goes from one transaction to the next
+    // at once. Subjects and guardians spread over the keys, as residents' ids do.
+    const BATCHES: i64 = 60;
+    const PER_BATCH: i64 = 1000;
+    let batches: Vec<Vec<IngestItem>> = (0..BATCHES)
+        .map(|b| {
+            (0..PER_BATCH)
+                .map(|i| {
+                    let n = b * PER_BATCH + i;
+                    let mut item = record(
+                        n,
+                        &format!("health-w{n}"),
+                        &format!("CERT-W{n}"),
+                        "health",
+                        100,
+                        &format!("d-w{n}"),
+                    );
+                    if let Verdict::Accept(stored) = &mut item.verdict {
+                        let spread = |k: i64| {
+                            format!("{:018}", (k * 2_654_435_761) % 999_999_999_999_999_989)
+                        };
+                        stored.subject = spread(n);
+                        stored.guardians = vec![spread(n + 7_000_000), spread(n + 9_000_000)];
+                    }
+                    item
+                })
+                .collect()
+        })
+        .collect();
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            for batch in &batches {
+                let outcomes = store.store_batch(batch).await.unwrap();
+                assert!(codes(&outcomes).iter().all(|code| *code == "stored"));
+            }
+        }
+    });
+    let mut passes = Vec::new();
+    while !writer.is_finished() {
+        passes.push(
+            store
+                .checkpoint()
+                .await
+                .unwrap()
+                .expect("SQLite checkpoints"),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    writer.await.unwrap();
+    let frames: Vec<i64> = passes.iter().map(|pass| pass.log_frames).collect();
+    let restarts = frames.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(
+        restarts >= 3,
+        "the log started again {restarts} times; its length at each pass: {frames:?}"
+    );
+    let (records, _) = store.record_counts().await.unwrap();
+    assert_eq!(records, BATCHES * PER_BATCH);
+}
