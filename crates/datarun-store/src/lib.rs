@@ -647,13 +647,10 @@ async fn passive_checkpoint(pool: &SqlitePool) -> Result<LogCheckpoint> {
 /// This holds the writer for the copy of at most the transactions committed during
 /// that pass. A failure is logged, not returned: the log then grows a while longer.
 async fn finish_log_copy(writer: &SqlitePool) {
-    match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(writer)
-        .await
-    {
-        Ok(row) => tracing::debug!(
-            log_frames = row.try_get::<i64, _>(1).unwrap_or(-1),
-            copied_frames = row.try_get::<i64, _>(2).unwrap_or(-1),
+    match passive_checkpoint(writer).await {
+        Ok(pass) => tracing::debug!(
+            log_frames = pass.log_frames,
+            copied_frames = pass.copied_frames,
             "the writer copied the rest of the log"
         ),
         Err(error) => {
