@@ -68,6 +68,7 @@ const SKELETON_ROWS: &[&str] = &[
     "INSERT INTO certificates VALUES ('CERT-1', 'health.birth_certificate', 'health', \
      '440303201506303948', 'health-r1', 1000, 2000)",
     "INSERT INTO certificate_guardians VALUES ('CERT-1', '440104198503125841', '440303201506303948')",
+    "INSERT INTO certificate_guardians VALUES ('CERT-1', '44010519870402262X', '440303201506303948')",
     "INSERT INTO actors VALUES ('caseworker_1', 'caseworker', 'health', NULL, 'Wang', 1)",
     "INSERT INTO consents VALUES ('consent_5ce1e7000000000000000000000000aa', '440303201506303948', '440303201506303948', \
      'health', NULL, 'health.birth_certificate', NULL, 'household_registration', 5, 0, 'active', \
@@ -162,6 +163,21 @@ async fn skeleton_database_migrates(db: Db) {
         .is_guardian_of("440303201506303948", "440104198503125841")
         .await
         .unwrap());
+    // A check character X survives SQLite's guardian numbers (migration 0019); the
+    // same id with a lower-case x names no one, on either engine.
+    assert_eq!(
+        store.wards_of("44010519870402262X").await.unwrap(),
+        vec!["440303201506303948".to_owned()]
+    );
+    assert!(store
+        .is_guardian_of("44010519870402262X", "440303201506303948")
+        .await
+        .unwrap());
+    assert!(store
+        .wards_of("44010519870402262x")
+        .await
+        .unwrap()
+        .is_empty());
     // Keys, tokens and rejections read back in their new types.
     let key = store.trusted_key("health-2026").await.unwrap().unwrap();
     assert_eq!(key.public_key, PUBLIC_KEY);

@@ -259,6 +259,25 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
             )),
             Backend::Postgres => None,
         };
+        // SQLite only: PostgreSQL's index by subject keeps the record type (measured
+        // on SQLite's ingest only).
+        let subject_index = match self.0 {
+            Backend::Sqlite => Some(migration(
+                18,
+                "subject index by subject",
+                include_str!("../migrations/sqlite/0018_subject_index_by_subject.sql"),
+            )),
+            Backend::Postgres => None,
+        };
+        // SQLite only: PostgreSQL keys guardians by their resident id as text.
+        let guardian_numbers = match self.0 {
+            Backend::Sqlite => Some(migration(
+                19,
+                "guardian numbers",
+                include_str!("../migrations/sqlite/0019_guardian_numbers.sql"),
+            )),
+            Backend::Postgres => None,
+        };
         // PostgreSQL only: SQLite stores the fields as JSON text already.
         let fields_json = match self.0 {
             Backend::Sqlite => None,
@@ -304,6 +323,8 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
             ];
             migrations.extend(unreferenced);
             migrations.extend(fields_json);
+            migrations.extend(subject_index);
+            migrations.extend(guardian_numbers);
             Ok(migrations)
         })
     }

@@ -4,8 +4,8 @@
 use crate::audit::{insert_event, lock_head, set_head, NewAuditEvent};
 use crate::copy::{copy_in, CopyRows};
 use crate::{
-    integer, now_millis, on_pool, on_tx, optional_integer, optional_text, text, Result, RowExt,
-    Store, StoreError, WriteTransaction,
+    integer, now_millis, on_pool, on_tx, optional_integer, optional_text, text, Pool, Result,
+    RowExt, Store, StoreError, WriteTransaction,
 };
 use datarun_domain::versions::{decide, Stored, VersionDecision};
 use datarun_domain::{RejectReason, Rejection};
@@ -655,36 +655,93 @@ impl Store {
 
     /// True when `guardian` is named as a guardian on a stored certificate of `subject`.
     pub async fn is_guardian_of(&self, guardian: &str, subject: &str) -> Result<bool> {
-        on_pool!(self, |pool| {
-            let row = sqlx::query(
+        let sql = |column: &str| {
+            format!(
                 "SELECT COUNT(*) AS n FROM certificate_guardians g
                  JOIN records r ON r.feed_seq = g.feed_seq
                  JOIN certificates c ON c.certificate_id = r.certificate_id AND c.current_record_id = r.record_id
-                 WHERE g.guardian_id = $1 AND r.subject_id = $2",
+                 WHERE g.{column} = $1 AND r.subject_id = $2"
             )
-            .bind(guardian)
-            .bind(subject)
-            .fetch_one(pool)
-            .await?;
-            Ok(integer(&row, "n")? > 0)
-        })
+        };
+        let row = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let Some(number) = guardian_number(guardian) else {
+                    return Ok(false);
+                };
+                sqlx::query(&sql("guardian_number"))
+                    .bind(number)
+                    .bind(subject)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Pool::Postgres(pool) => {
+                let row = sqlx::query(&sql("guardian_id"))
+                    .bind(guardian)
+                    .bind(subject)
+                    .fetch_one(pool)
+                    .await?;
+                return Ok(integer(&row, "n")? > 0);
+            }
+        };
+        Ok(integer(&row, "n")? > 0)
     }
 
     /// Subjects whose certificates name `guardian` as guardian.
     pub async fn wards_of(&self, guardian: &str) -> Result<Vec<String>> {
-        on_pool!(self, |pool| {
-            let rows = sqlx::query(
+        let sql = |column: &str| {
+            format!(
                 "SELECT DISTINCT r.subject_id FROM certificate_guardians g
                  JOIN records r ON r.feed_seq = g.feed_seq
                  JOIN certificates c ON c.certificate_id = r.certificate_id AND c.current_record_id = r.record_id
-                 WHERE g.guardian_id = $1",
+                 WHERE g.{column} = $1"
             )
-            .bind(guardian)
-            .fetch_all(pool)
-            .await?;
-            rows.iter().map(|row| text(row, "subject_id")).collect()
-        })
+        };
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let Some(number) = guardian_number(guardian) else {
+                    return Ok(Vec::new());
+                };
+                let rows = sqlx::query(&sql("guardian_number"))
+                    .bind(number)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(|row| text(row, "subject_id")).collect()
+            }
+            Pool::Postgres(pool) => {
+                let rows = sqlx::query(&sql("guardian_id"))
+                    .bind(guardian)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(|row| text(row, "subject_id")).collect()
+            }
+        }
     }
+}
+
+/// A resident id as the number SQLite keys guardians by (migration 0019): its 17
+/// digits times 11, plus its check character's value (a digit, or 10 for `X`). One
+/// to one on resident ids, and below 2^61. `None` for text that is not 17 digits and
+/// a check character: such a guardian is named on no stored certificate (the ingest
+/// stores only resident ids as guardians).
+pub(crate) fn guardian_number(id: &str) -> Option<i64> {
+    let bytes = id.as_bytes();
+    let (digits, check) = match bytes {
+        [digits @ .., check] if digits.len() == 17 => (digits, *check),
+        _ => return None,
+    };
+    let mut number: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        number = number * 10 + i64::from(digit - b'0');
+    }
+    let check = match check {
+        b'0'..=b'9' => i64::from(check - b'0'),
+        b'X' => 10,
+        _ => return None,
+    };
+    Some(number * 11 + check)
 }
 
 /// How many times a batch is tried when PostgreSQL rolls it back for a conflict.
@@ -879,14 +936,24 @@ async fn insert_records_sqlite(
             .execute(&mut *conn)
             .await?;
     }
-    for chunk in guardians.chunks(ROWS_PER_STATEMENT) {
+    // By number (`guardian_number`), in key order.
+    let mut numbers = guardians
+        .iter()
+        .map(|(guardian, feed_seq)| {
+            guardian_number(guardian)
+                .map(|number| (number, *feed_seq))
+                .ok_or_else(|| StoreError::Invalid("a guardian is not a resident id".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    numbers.sort_unstable();
+    for chunk in numbers.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT OR FAIL INTO certificate_guardians (guardian_id, feed_seq) VALUES {}",
+            "INSERT OR FAIL INTO certificate_guardians (guardian_number, feed_seq) VALUES {}",
             placeholders(chunk.len(), 2)
         );
         let mut query = sqlx::query(&sql);
-        for (guardian, feed_seq) in chunk {
-            query = query.bind(*guardian).bind(*feed_seq);
+        for (number, feed_seq) in chunk {
+            query = query.bind(*number).bind(*feed_seq);
         }
         query.execute(&mut *conn).await?;
     }
@@ -1051,11 +1118,44 @@ fn source_key(source: &MessageSource) -> (String, i32, i64, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parameter_list, placeholders};
+    use super::{guardian_number, parameter_list, placeholders};
 
     #[test]
     fn sqlite_placeholders_are_anonymous() {
         assert_eq!(placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
         assert_eq!(parameter_list(3), "?, ?, ?");
+    }
+
+    #[test]
+    fn guardian_numbers_are_one_to_one_on_resident_ids() {
+        assert_eq!(
+            guardian_number("440104198503125841"),
+            Some(44_010_419_850_312_584 * 11 + 1)
+        );
+        // The check character is part of the number (X is 10): ids that differ only
+        // there do not meet, nor does X meet the next body's 0.
+        assert_eq!(
+            guardian_number("44010419850312584X"),
+            Some(44_010_419_850_312_584 * 11 + 10)
+        );
+        assert_ne!(
+            guardian_number("440104198503125840"),
+            guardian_number("440104198503125841")
+        );
+        assert!(guardian_number("44010419850312584X") < guardian_number("440104198503125850"));
+        assert_eq!(
+            guardian_number("99999999999999999X"),
+            Some(99_999_999_999_999_999 * 11 + 10)
+        );
+        for not_an_id in [
+            "",
+            "44010419850312584",
+            "4401041985031258411",
+            "44010419850312584x",
+            "4401041985031258a1",
+            "44010419850312584\u{ff11}",
+        ] {
+            assert_eq!(guardian_number(not_an_id), None, "{not_an_id:?}");
+        }
     }
 }
