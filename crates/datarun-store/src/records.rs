@@ -663,16 +663,18 @@ impl Store {
                  WHERE g.{column} = $1 AND r.subject_id = $2"
             )
         };
-        let row = match &self.pool {
+        // The rows differ in type by engine: each arm counts its own.
+        let named = match &self.pool {
             Pool::Sqlite(pool) => {
                 let Some(number) = guardian_number(guardian) else {
                     return Ok(false);
                 };
-                sqlx::query(&sql("guardian_number"))
+                let row = sqlx::query(&sql("guardian_number"))
                     .bind(number)
                     .bind(subject)
                     .fetch_one(pool)
-                    .await?
+                    .await?;
+                integer(&row, "n")?
             }
             Pool::Postgres(pool) => {
                 let row = sqlx::query(&sql("guardian_id"))
@@ -680,10 +682,10 @@ impl Store {
                     .bind(subject)
                     .fetch_one(pool)
                     .await?;
-                return Ok(integer(&row, "n")? > 0);
+                integer(&row, "n")?
             }
         };
-        Ok(integer(&row, "n")? > 0)
+        Ok(named > 0)
     }
 
     /// Subjects whose certificates name `guardian` as guardian.
