@@ -359,6 +359,28 @@ async fn skeleton_database_migrates(db: Db) {
                 wrong.is_err(),
                 "a STRICT table refuses text in an INTEGER column"
             );
+            // A database keeps the page size it was made with: the skeleton's 4 KiB.
+            // A new one gets the hub's, as in the same directory after it is removed.
+            let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(page_size, 4096, "the skeleton database keeps its pages");
+            pool.close().await;
+            let path = url.trim_start_matches("sqlite://");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+            let fresh = datarun_store::Store::connect(&url, vec![5; 32])
+                .await
+                .unwrap();
+            fresh.close().await;
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(page_size, i64::from(datarun_store::SQLITE_PAGE_BYTES));
         }
         Db::Postgres => {
             let pool = sqlx::PgPool::connect(&url).await.unwrap();

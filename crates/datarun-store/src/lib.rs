@@ -618,9 +618,10 @@ impl Store {
 /// interval: at 15,000 records/s, 2 s is about 8 transactions of 4,000 records.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
-/// A log at least this long (frames of 4 KiB, 4 MiB) is started again from its
-/// beginning once a checkpoint pass has copied all of it (`Store::checkpoint`).
-pub const LOG_RESTART_FRAMES: i64 = 1024;
+/// A log at least this long (frames of 8 KiB, `SQLITE_PAGE_BYTES`: 4 MiB) is started
+/// again from its beginning once a checkpoint pass has copied all of it
+/// (`Store::checkpoint`).
+pub const LOG_RESTART_FRAMES: i64 = 512;
 
 /// What one pass of [`Store::checkpoint`] found: the frames in SQLite's write-ahead log
 /// (since it last started from its beginning) and how many of them are copied into the
@@ -642,8 +643,9 @@ impl LogCheckpoint {
 /// during the one before.
 const CATCH_UP_PASSES: usize = 3;
 
-/// What `Store::checkpoint` is content to leave the writer to copy (frames of 4 KiB).
-const WRITER_COPY_FRAMES: i64 = 256;
+/// What `Store::checkpoint` is content to leave the writer to copy (frames of 8 KiB,
+/// 1 MiB).
+const WRITER_COPY_FRAMES: i64 = 128;
 
 /// One `PASSIVE` checkpoint pass on a connection of `pool`.
 async fn passive_checkpoint(pool: &SqlitePool) -> Result<LogCheckpoint> {
@@ -680,9 +682,21 @@ async fn finish_log_copy(writer: &SqlitePool) {
     }
 }
 
-/// SQLite's own automatic checkpoint, in pages of 4 KiB (400 MiB of log): only reached
+/// SQLite's own automatic checkpoint, in pages of 8 KiB (400 MiB of log): only reached
 /// when no hub runs `Store::run_checkpoints` (a one-shot command) or it falls behind.
-const WAL_BACKSTOP_PAGES: &str = "100000";
+const WAL_BACKSTOP_PAGES: &str = "50000";
+
+/// The page size of a new SQLite database (SQLite's default is 4 KiB). An ingest
+/// batch inserts at random keys into three indexes (by subject, by guardian, by record
+/// id), and every page it changes is one frame of the write-ahead log, written at
+/// commit and copied again by the checkpoint. With pages twice as large, twice as many
+/// of a batch's keys share a page: in `scripts/bench/sqlite_ingest_model.py`, 0.59
+/// frames a record instead of 1.13 and 28 µs of CPU instead of 31; in `bench ingest`,
+/// the SQLite writer's CPU fell from 0.28-0.32 of the checks' to 0.26-0.27. A database
+/// keeps the page size it was created with (changing it takes a `VACUUM` outside WAL
+/// mode), so one made before this keeps 4 KiB pages, and the frame counts here then
+/// mean half as many bytes.
+pub const SQLITE_PAGE_BYTES: u32 = 8192;
 
 /// Runs the statement `sql` makes of database `name` (CREATE or DROP DATABASE, which
 /// take no parameters) on the PostgreSQL server at `admin_url`, for a name of lower-case
@@ -716,6 +730,7 @@ async fn on_postgres_server(
 async fn connect_sqlite(url: &str) -> Result<(SqlitePool, SqlitePool)> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
+        .page_size(SQLITE_PAGE_BYTES)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
