@@ -692,7 +692,8 @@ const WAL_BACKSTOP_PAGES: &str = "50000";
 /// commit and copied again by the checkpoint. With pages twice as large, twice as many
 /// of a batch's keys share a page: in `scripts/bench/sqlite_ingest_model.py`, 0.59
 /// frames a record instead of 1.13 and 28 µs of CPU instead of 31; in `bench ingest`,
-/// the SQLite writer's CPU fell from 0.28-0.32 of the checks' to 0.26-0.27. A database
+/// the SQLite writer's CPU fell from a median of 0.30 of the checks' to 0.26-0.27 in
+/// five runs of six (`docs/benchmarks.md`). A database
 /// keeps the page size it was created with (changing it takes a `VACUUM` outside WAL
 /// mode), so one made before this keeps 4 KiB pages, and the frame counts here then
 /// mean half as many bytes.
